@@ -1,0 +1,1 @@
+"""orthosae-plugin: the `ortho_contrastive` SAE architecture for SAELens."""
