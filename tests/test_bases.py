@@ -13,7 +13,7 @@ from dataclasses import MISSING, fields
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+from sae_lens import SAE, LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner
 from sae_lens.registry import get_sae_training_class
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE, BatchTopKTrainingSAEConfig
 from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
@@ -33,6 +33,7 @@ from orthosae_plugin.cli import parse_train_args
 from orthosae_plugin.contrastive import self_contrastive_loss
 from orthosae_plugin.orthogonality import ortho_penalty_exact
 from orthosae_plugin.toy import ToySetup, tiny_model, tiny_runner_config, tiny_token_dataset
+from test_ortho_contrastive_sae import runner_cfg  # the runner config those tests build
 
 D_IN, D_SAE, K = 64, 256, 8
 
@@ -268,15 +269,6 @@ def test_base_values_that_saelens_accepts_are_accepted():
     build_cfg("topk", normalize_activations="layer_norm", aux_loss_coefficient=0.0)
 
 
-def runner_cfg(sae_cfg, **kwargs):
-    defaults = dict(
-        model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="in-memory",
-        training_tokens=4096 * 2000, train_batch_size_tokens=4096, context_size=32,
-        logger=LoggingConfig(log_to_wandb=False), verbose=False, checkpoint_path=None,
-    )
-    return LanguageModelSAERunnerConfig(sae=sae_cfg, **{**defaults, **kwargs})
-
-
 def test_a_benchmark_can_pick_the_base_from_a_dict_and_it_survives_json():
     sae_cfg = OrthoContrastiveTrainingSAEConfig.from_dict(
         {"architecture": "ortho_contrastive", "d_in": D_IN, "d_sae": D_SAE, "sparsity_base": "batchtopk", "k": 4}
@@ -290,13 +282,9 @@ def test_a_benchmark_can_pick_the_base_from_a_dict_and_it_survives_json():
 
 
 def test_command_line_picks_the_base():
-    args = [
-        "--architecture", "ortho_contrastive", "--d_in", "64", "--d_sae", "256",
-        "--model_name", "tiny", "--hook_name", "blocks.0.hook_resid_post",
-        "--dataset_path", "in-memory", "--training_tokens", str(4096 * 2000),
-        "--train_batch_size_tokens", "4096", "--context_size", "32",
-        "--sparsity_base", "topk", "--k", "16", "--aux_loss_coefficient", "0.5",
-    ]
+    args = ["--architecture", "ortho_contrastive", "--d_in", "64", "--d_sae", "256",
+            "--training_tokens", str(4096 * 2000), "--train_batch_size_tokens", "4096",
+            "--sparsity_base", "topk", "--k", "16", "--aux_loss_coefficient", "0.5"]
     cli_cfg = parse_train_args(args)
     assert cli_cfg.sae == runner_cfg(build_cfg("topk", k=16, aux_loss_coefficient=0.5, ortho_anneal_steps=None)).sae
     assert isinstance(cli_cfg.sae.k, int)
@@ -315,7 +303,8 @@ def test_a_batchtopk_budget_too_short_for_the_threshold_to_settle_is_refused():
 
 @pytest.mark.parametrize(("base", "inference_cls"), [("relu_l1", "StandardSAE"), ("topk", "TopKSAE"), ("batchtopk", "JumpReLUSAE")])
 def test_a_training_checkpoint_resumes_and_opens_in_the_base_inference_form(base, inference_cls, tmp_path):
-    sae = perturb(OrthoContrastiveTrainingSAE(build_cfg(base, topk_threshold_lr=0.5) if base == "batchtopk" else build_cfg(base)))
+    moving_threshold = {"topk_threshold_lr": 0.5} if base == "batchtopk" else {}
+    sae = perturb(OrthoContrastiveTrainingSAE(build_cfg(base, **moving_threshold)))
     for step in range(3):
         sae.training_forward_pass(step_input(batch(seed=step)))
     sae.save_model(tmp_path)
