@@ -223,14 +223,18 @@ def test_with_coefficients_on_the_loss_is_the_base_plus_the_two_named_terms(base
 
 
 @pytest.mark.parametrize("base", list(SAELENS))
-def test_a_nan_loss_leaves_every_weight_and_buffer_as_it_was(base):
+@pytest.mark.parametrize("failure", ["nan_input", "inf_ortho_weight"])
+def test_a_non_finite_loss_leaves_every_weight_and_buffer_as_it_was(base, failure):
     sae = OrthoContrastiveTrainingSAE(build_cfg(base))
     sae.training_forward_pass(step_input(batch(), ortho=1.0))  # moves BatchTopK's threshold off 0
     before = copy.deepcopy(sae.state_dict())
-    x = batch(seed=1)
-    x[3, 5] = float("nan")
+    x, ortho = batch(seed=1), 1.0
+    if failure == "nan_input":
+        x[3, 5] = float("nan")
+    else:  # the base's own forward stays finite, so BatchTopK updates its threshold
+        ortho = float("inf")
     with pytest.raises(FloatingPointError, match=r"non-finite loss at training step 1"):
-        sae.training_forward_pass(step_input(x, ortho=1.0, contrastive=0.3))
+        sae.training_forward_pass(step_input(x, ortho=ortho, contrastive=0.3))
     for key, value in sae.state_dict().items():
         assert torch.equal(value, before[key]), key
 
