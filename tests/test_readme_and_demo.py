@@ -28,6 +28,14 @@ def test_readme_toy_example_trains_as_printed(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "runs" / "readme" / "cfg.json").exists()
 
 
+def test_readme_batchtopk_example_saves_a_jumprelu_sae(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_block("batchtopk"), "README.md:batchtopk", "exec"), {})
+    assert capsys.readouterr().out.split() == [
+        "OrthoContrastiveBatchTopKTrainingSAE", "100", "JumpReLUSAE", "jumprelu"
+    ]
+
+
 def test_readme_gemma_example_builds_a_valid_config(monkeypatch):
     built = {}
 
