@@ -6,8 +6,15 @@ that SAELens's configs, runners and command line accept it by name.
 
 from orthosae_plugin.ortho_contrastive import (
     ARCHITECTURE,
+    SPARSITY_BASES,
+    OrthoContrastiveBatchTopKTrainingSAE,
+    OrthoContrastiveJumpReLUSAE,
+    OrthoContrastiveReLUL1TrainingSAE,
     OrthoContrastiveSAE,
     OrthoContrastiveSAEConfig,
+    OrthoContrastiveStandardSAE,
+    OrthoContrastiveTopKSAE,
+    OrthoContrastiveTopKTrainingSAE,
     OrthoContrastiveTrainingSAE,
     OrthoContrastiveTrainingSAEConfig,
 )
@@ -19,8 +26,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURE",
+    "SPARSITY_BASES",
+    "OrthoContrastiveBatchTopKTrainingSAE",
+    "OrthoContrastiveJumpReLUSAE",
+    "OrthoContrastiveReLUL1TrainingSAE",
     "OrthoContrastiveSAE",
     "OrthoContrastiveSAEConfig",
+    "OrthoContrastiveStandardSAE",
+    "OrthoContrastiveTopKSAE",
+    "OrthoContrastiveTopKTrainingSAE",
     "OrthoContrastiveTrainingSAE",
     "OrthoContrastiveTrainingSAEConfig",
     "register",

@@ -1,4 +1,6 @@
-"""The ``ortho_contrastive`` SAE: a ReLU SAE (SAELens ``standard``) trained with
+"""The ``ortho_contrastive`` SAE: a sparse autoencoder on one of SAELens's sparsity bases
+(``sparsity_base``: ReLU + L1 ``standard``, the experiment's and the default; ``topk``;
+``batchtopk``), trained with
 
 (a) a decoder-orthogonality penalty on pairs whose |cos| exceeds a threshold that is
     cosine-annealed from ``ortho_threshold_start`` to ``ortho_threshold_end`` over
@@ -9,28 +11,46 @@
     ``contrastive_coefficient`` over ``contrastive_warm_up_steps`` by SAELens's own
     coefficient scheduler.
 
-Both terms only shape training: the saved inference model is a plain ``standard`` SAE
-that SAELens, SAEBench and Neuronpedia load without this plugin. See DESIGN.md §1.
+The two terms, their schedules and the guards live in ``OrthoContrastiveTrainingSAE``;
+the base is SAELens's own class (``StandardTrainingSAE``, ``TopKTrainingSAE``,
+``BatchTopKTrainingSAE``), so its encoder, auxiliary dead-latent loss, batch threshold
+and save-time conversion are SAELens's code, not a copy. ``OrthoContrastiveTrainingSAE(cfg)``
+builds the class for ``cfg.sparsity_base``, so SAELens's ``sae_cls(cfg)`` works unchanged.
+
+Both terms only shape training: the saved inference model is the base's plain SAELens
+inference form (``standard``, ``topk``, or ``jumprelu`` for BatchTopK), which SAELens,
+SAEBench and Neuronpedia load without this plugin. See DESIGN.md §1.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-from dataclasses import dataclass
+from dataclasses import MISSING, dataclass, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from safetensors.torch import save_file
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
-from sae_lens.saes.sae import SAEConfig, TrainCoefficientConfig, TrainStepInput, TrainStepOutput
+from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
+from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.sae import (
+    SAE,
+    SAEConfig,
+    TrainCoefficientConfig,
+    TrainingSAE,
+    TrainStepInput,
+    TrainStepOutput,
+)
 from sae_lens.saes.standard_sae import (
     StandardSAE,
     StandardSAEConfig,
     StandardTrainingSAE,
     StandardTrainingSAEConfig,
 )
+from sae_lens.saes.topk_sae import TopKSAE, TopKSAEConfig, TopKTrainingSAE, _fold_norm_topk
 from typing_extensions import override
 
 from orthosae_plugin.contrastive import make_projection, self_contrastive_loss
@@ -47,15 +67,79 @@ ARCHITECTURE = "ortho_contrastive"
 # State-dict keys that exist only for training and are dropped from the inference model.
 _TRAINING_ONLY_BUFFERS = ("projection", "n_steps_trained")
 
+SparsityBase = Literal["relu_l1", "topk", "batchtopk"]
+SPARSITY_BASES: tuple[str, ...] = ("relu_l1", "topk", "batchtopk")
+
+# The inference config each base saves as: SAELens's own choice for its `standard`,
+# `topk` and `batchtopk` training classes.
+_INFERENCE_CONFIG_PER_BASE: dict[str, type[SAEConfig]] = {
+    "relu_l1": StandardSAEConfig,
+    "topk": TopKSAEConfig,
+    "batchtopk": JumpReLUSAEConfig,
+}
+
+# Fields that only some bases read. Under any other base they must keep their default,
+# so that e.g. `k=4` without `sparsity_base="topk"` is refused rather than silently
+# training a ReLU + L1 SAE.
+_BASES_READING_FIELD: dict[str, tuple[str, ...]] = {
+    "l1_coefficient": ("relu_l1",),
+    "lp_norm": ("relu_l1",),
+    "l1_warm_up_steps": ("relu_l1",),
+    "k": ("topk", "batchtopk"),
+    "aux_loss_coefficient": ("topk", "batchtopk"),
+    "rescale_acts_by_decoder_norm": ("topk", "batchtopk"),
+    "use_sparse_activations": ("topk",),
+    "topk_threshold_lr": ("batchtopk",),
+}
+
 
 @dataclass
 class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     """Training config of the ``ortho_contrastive`` SAE.
 
-    Inherits ``l1_coefficient``, ``lp_norm`` and ``l1_warm_up_steps`` from SAELens's
-    ``StandardTrainingSAEConfig``; with ``ortho_coefficient = contrastive_coefficient = 0``
-    it trains exactly like ``standard``.
+    ``sparsity_base`` picks SAELens's base; the base's own fields carry SAELens's names
+    and defaults (``l1_*``/``lp_norm`` from ``StandardTrainingSAEConfig``; ``k``,
+    ``aux_loss_coefficient``, ``rescale_acts_by_decoder_norm``, ``use_sparse_activations``
+    from ``TopKTrainingSAEConfig``; ``topk_threshold_lr`` from
+    ``BatchTopKTrainingSAEConfig``). A field that the chosen base does not read must keep
+    its default. With ``ortho_coefficient = contrastive_coefficient = 0`` it trains exactly
+    like SAELens's ``standard``, ``topk`` or ``batchtopk``.
     """
+
+    sparsity_base: SparsityBase = "relu_l1"
+    """'relu_l1': ReLU + L1 penalty (SAELens ``standard``; the experiment's base), saved
+    as ``standard``. 'topk': the k largest pre-activations per input (SAELens ``topk``),
+    saved as ``topk``. 'batchtopk': the k x batch largest over the whole batch (SAELens
+    ``batchtopk``), saved as ``jumprelu`` with the threshold learnt during training."""
+
+    l1_coefficient: float = 1.0
+    """relu_l1 only: final weight of the decoder-norm-weighted L1 penalty (>= 0)."""
+
+    lp_norm: float = 1.0
+    """relu_l1 only: p of the sparsity penalty's p-norm (SAELens ``standard``)."""
+
+    l1_warm_up_steps: int = 0
+    """relu_l1 only: steps over which SAELens ramps the L1 weight linearly from 0."""
+
+    k: float = 100
+    """topk / batchtopk only: active latents per input; an integer for 'topk', the
+    average over the batch (may be fractional) for 'batchtopk'; 0 < k <= d_sae."""
+
+    aux_loss_coefficient: float = 1.0
+    """topk / batchtopk only: weight of SAELens's auxiliary dead-latent loss
+    (``auxiliary_reconstruction_loss``, >= 0). SAELens reads it from the config, so it is
+    neither warmed up nor logged as a coefficient, exactly as in ``topk``."""
+
+    rescale_acts_by_decoder_norm: bool = True
+    """topk / batchtopk only: select latents by pre-activation x decoder-row norm, as if
+    the decoder were unit-norm (SAELens's default); folded into the saved weights."""
+
+    use_sparse_activations: bool = False
+    """topk only: SAELens's sparse COO activations and sparse decode (memory knob)."""
+
+    topk_threshold_lr: float = 0.01
+    """batchtopk only: rate of the running mean of the smallest active pre-activation,
+    the JumpReLU threshold of the saved model; in (0, 1]."""
 
     ortho_coefficient: float = 1.0
     """Weight of the thresholded decoder-orthogonality penalty (>= 0; 0 turns it off)."""
@@ -105,11 +189,14 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
 
     def __post_init__(self) -> None:
         _validate(self)
+        _validate_sparsity_base(self)
+        if self.sparsity_base == "topk":
+            self.k = int(self.k)  # torch.topk and the saved `topk` config need an int
         super().__post_init__()
 
     @override
     def get_inference_config_class(self) -> type[SAEConfig]:
-        return StandardSAEConfig
+        return _INFERENCE_CONFIG_PER_BASE[self.sparsity_base]
 
     def bind_to_training_run(
         self, total_training_steps: int, train_batch_size: int, arithmetic: str
@@ -142,6 +229,8 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
                 "contrastive_coefficient > 0: the self-contrastive loss needs >= 2 inputs "
                 "per batch."
             )
+        if self.sparsity_base == "batchtopk":
+            _check_threshold_settles(self.topk_threshold_lr, total_training_steps, arithmetic)
         if self.ortho_anneal_steps is None:
             self.ortho_anneal_steps = total_training_steps
             self.add_training_info_to_metadata()
@@ -184,8 +273,92 @@ def _validate(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
         raise bad("contrastive_temperature", cfg.contrastive_temperature, "it must be > 0")
 
 
-class OrthoContrastiveTrainingSAE(StandardTrainingSAE):
-    """``standard`` SAE plus the ``ortho_loss`` and ``contrastive_loss`` terms.
+def _validate_sparsity_base(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
+    """Raise a ValueError naming the field, the value and what is allowed, for the
+    sparsity base and the fields of the bases (those ``_validate`` does not check)."""
+    base = cfg.sparsity_base
+    _check_sparsity_base(base)
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
+    for field, bases in _BASES_READING_FIELD.items():
+        value = getattr(cfg, field)
+        if base not in bases and value != defaults[field]:
+            raise _invalid(
+                field,
+                value,
+                f"only sparsity_base={' or '.join(map(repr, bases))} reads it, and "
+                f"sparsity_base={base!r}; set sparsity_base, or leave {field} at its "
+                f"default {defaults[field]!r}",
+            )
+    if base == "relu_l1":
+        return
+    if not 0 < cfg.k <= cfg.d_sae:
+        raise _invalid("k", cfg.k, f"it must satisfy 0 < k <= d_sae={cfg.d_sae}")
+    if base == "topk" and cfg.k != int(cfg.k):
+        raise _invalid("k", cfg.k, "sparsity_base='topk' keeps a whole number of latents per input")
+    if not cfg.aux_loss_coefficient >= 0:  # also rejects NaN
+        raise _invalid("aux_loss_coefficient", cfg.aux_loss_coefficient, "a loss coefficient must be >= 0")
+    if not 0 < cfg.topk_threshold_lr <= 1:
+        raise _invalid("topk_threshold_lr", cfg.topk_threshold_lr, "it must lie in (0, 1]")
+    if cfg.aux_loss_coefficient > 0 and cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
+        # SAELens raises this only once a latent dies, possibly hours into the run.
+        raise _invalid(
+            "normalize_activations",
+            cfg.normalize_activations,
+            f"SAELens's TopK auxiliary loss (sparsity_base={base!r}, aux_loss_coefficient="
+            f"{cfg.aux_loss_coefficient}) does not support it; use 'none', "
+            "'expected_average_only_in' or 'covariance_whitening', or aux_loss_coefficient=0",
+        )
+
+
+def _check_sparsity_base(base: str) -> None:
+    if base not in SPARSITY_BASES:
+        raise _invalid("sparsity_base", base, f"allowed bases are {', '.join(SPARSITY_BASES)}")
+
+
+def _invalid(field: str, value: Any, allowed: str) -> ValueError:
+    return ValueError(f"{field}={value!r} is invalid: {allowed}")
+
+
+# Largest weight that BatchTopK's running threshold may still give its zero start at the
+# end of a run (it is the JumpReLU threshold of the saved model).
+_MAX_THRESHOLD_START_WEIGHT = 0.05
+
+
+def _check_threshold_settles(lr: float, total_training_steps: int, arithmetic: str) -> None:
+    """Refuse a BatchTopK run too short for its running threshold to leave its start.
+
+    SAELens starts ``topk_threshold`` at 0 and moves it by ``lr`` of the way to each
+    batch's smallest active pre-activation, so after ``N`` steps the zero start still
+    weighs ``(1 - lr)^N``. A saved JumpReLU with a threshold pulled towards 0 fires far
+    more latents than training did (L0 49 instead of 8 after 60 steps at lr 0.01 on the
+    toy model), and nothing else would say so.
+    """
+    start_weight = (1 - lr) ** total_training_steps
+    if start_weight <= _MAX_THRESHOLD_START_WEIGHT:
+        return
+    steps_needed = math.ceil(math.log(_MAX_THRESHOLD_START_WEIGHT) / math.log(1 - lr))
+    lr_needed = 1 - _MAX_THRESHOLD_START_WEIGHT ** (1 / total_training_steps)
+    raise ValueError(
+        f"ortho_contrastive: {arithmetic} = {total_training_steps} training steps is too "
+        f"few for sparsity_base='batchtopk' at topk_threshold_lr={lr}: the saved JumpReLU "
+        f"threshold would still carry (1 - {lr})^{total_training_steps} = "
+        f"{start_weight:.2f} of its zero start (at most {_MAX_THRESHOLD_START_WEIGHT} "
+        f"allowed), so the saved SAE would fire far more latents than k. Train for at "
+        f"least {steps_needed} steps, or raise topk_threshold_lr to at least {lr_needed:.3g}."
+    )
+
+
+class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]):
+    """A SAELens sparsity base plus the ``ortho_loss`` and ``contrastive_loss`` terms.
+
+    ``OrthoContrastiveTrainingSAE(cfg)`` returns an instance of the subclass for
+    ``cfg.sparsity_base``, which combines this class with SAELens's own training class:
+    ``OrthoContrastiveReLUL1TrainingSAE`` (``StandardTrainingSAE``),
+    ``OrthoContrastiveTopKTrainingSAE`` (``TopKTrainingSAE``) or
+    ``OrthoContrastiveBatchTopKTrainingSAE`` (``BatchTopKTrainingSAE``). This class
+    holds what all bases share and defers everything else to the base through
+    ``super()``: the encoder, the base's own losses and coefficients, its state updates
+    and its conversion for saving.
 
     Buffers (saved in training checkpoints, dropped from the inference model):
     ``projection`` ``(d_in, k)`` when ``projection_dim`` is set, and ``n_steps_trained``,
@@ -203,6 +376,13 @@ class OrthoContrastiveTrainingSAE(StandardTrainingSAE):
     cfg: OrthoContrastiveTrainingSAEConfig  # type: ignore[assignment]
     projection: torch.Tensor | None
     n_steps_trained: torch.Tensor
+
+    _state_updated_by_base_step: ClassVar[tuple[str, ...]] = ()
+    """Buffers that the base's own ``training_forward_pass`` updates (BatchTopK's
+    threshold); put back as they were when a step is refused for a non-finite loss."""
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrthoContrastiveTrainingSAE:
+        return super().__new__(_class_for_base(cls, OrthoContrastiveTrainingSAE, args, kwargs))
 
     def __init__(self, cfg: OrthoContrastiveTrainingSAEConfig, use_error_term: bool = False):
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
@@ -301,10 +481,13 @@ class OrthoContrastiveTrainingSAE(StandardTrainingSAE):
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
         step = self.current_step()
+        state_before = {name: getattr(self, name).clone() for name in self._state_updated_by_base_step}
         output = super().training_forward_pass(step_input)
         # One device sync per step: a NaN/inf must stop training before the optimizer
         # writes it into the weights (and before anything can be saved from them).
         if not torch.isfinite(output.loss.detach()).item():
+            for name, value in state_before.items():
+                setattr(self, name, value)
             bad = [
                 f"{name}={value.item()}"
                 for name, value in output.losses.items()
@@ -336,7 +519,8 @@ class OrthoContrastiveTrainingSAE(StandardTrainingSAE):
 
     @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
-        """Write a plain ``standard`` SAE; each file appears whole or not at all.
+        """Write the base's plain SAELens inference form (``standard``, ``topk`` or
+        ``jumprelu``); each file appears whole or not at all.
 
         The metadata records ``training_steps``, so that evals can tell an SAE trained
         for 4 steps from a trained one.
@@ -357,28 +541,127 @@ class OrthoContrastiveTrainingSAE(StandardTrainingSAE):
         return weights_path, cfg_path
 
 
+# One concrete class per base. The MRO puts OrthoContrastiveTrainingSAE first, so its
+# methods wrap SAELens's through `super()`; nothing of the base is re-implemented here.
+
+
+class OrthoContrastiveReLUL1TrainingSAE(OrthoContrastiveTrainingSAE, StandardTrainingSAE):  # type: ignore[misc]
+    """``ortho_contrastive`` on SAELens ``standard`` (ReLU + L1); saved as ``standard``."""
+
+
+class OrthoContrastiveTopKTrainingSAE(OrthoContrastiveTrainingSAE, TopKTrainingSAE):  # type: ignore[misc]
+    """``ortho_contrastive`` on SAELens ``topk``; saved as ``topk``."""
+
+
+class OrthoContrastiveBatchTopKTrainingSAE(OrthoContrastiveTrainingSAE, BatchTopKTrainingSAE):  # type: ignore[misc]
+    """``ortho_contrastive`` on SAELens ``batchtopk``; saved as ``jumprelu``."""
+
+    _state_updated_by_base_step = ("topk_threshold",)
+
+
+_TRAINING_CLASS_PER_BASE: dict[str, type[OrthoContrastiveTrainingSAE]] = {
+    "relu_l1": OrthoContrastiveReLUL1TrainingSAE,
+    "topk": OrthoContrastiveTopKTrainingSAE,
+    "batchtopk": OrthoContrastiveBatchTopKTrainingSAE,
+}
+
+
 @dataclass
-class OrthoContrastiveSAEConfig(StandardSAEConfig):
+class OrthoContrastiveSAEConfig(SAEConfig):
     """Config of an ``ortho_contrastive`` training checkpoint opened for inference with
-    ``SAE.load_from_disk``. Its weights are those of a ``standard`` SAE; the plugin-free
-    artifact is the one ``save_inference_model`` (and SAELens's runner) writes.
+    ``SAE.load_from_disk``, in the inference form of its base. The plugin-free artifact
+    is the one ``save_inference_model`` (and SAELens's runner) writes.
     """
+
+    sparsity_base: SparsityBase = "relu_l1"
+    """The training base, which picks the inference form: 'relu_l1' opens as a
+    ``standard`` SAE, 'topk' as ``topk``, 'batchtopk' as ``jumprelu``. Checkpoints
+    written before the field existed are 'relu_l1'."""
+
+    k: float = 100
+    """topk only: active latents per input (read by SAELens's ``TopKSAE``)."""
+
+    rescale_acts_by_decoder_norm: bool = True
+    """topk / batchtopk only: whether the checkpoint's latents are selected by
+    pre-activation x decoder-row norm (folded into the weights for ``jumprelu``)."""
 
     @override
     @classmethod
     def architecture(cls) -> str:
         return ARCHITECTURE
 
+    def __post_init__(self) -> None:
+        _check_sparsity_base(self.sparsity_base)
+        if self.sparsity_base == "topk":
+            self.k = int(self.k)  # TopK needs an int (a JSON round trip may give 4.0)
+        super().__post_init__()
 
-class OrthoContrastiveSAE(StandardSAE):
-    """A training checkpoint opened for inference: a ``standard`` SAE, without the
-    training-only buffers."""
+
+class OrthoContrastiveSAE(SAE[OrthoContrastiveSAEConfig]):
+    """A training checkpoint opened for inference, without the training-only buffers.
+
+    Like the training class, ``OrthoContrastiveSAE(cfg)`` returns the subclass for
+    ``cfg.sparsity_base``: ``OrthoContrastiveStandardSAE`` (SAELens ``StandardSAE``),
+    ``OrthoContrastiveTopKSAE`` (``TopKSAE``) or ``OrthoContrastiveJumpReLUSAE``
+    (``JumpReLUSAE``).
+    """
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> OrthoContrastiveSAE:
+        return super().__new__(_class_for_base(cls, OrthoContrastiveSAE, args, kwargs))
 
     @override
     def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
         super().process_state_dict_for_loading(state_dict)
         for key in _TRAINING_ONLY_BUFFERS:
             state_dict.pop(key, None)
+
+
+class OrthoContrastiveStandardSAE(OrthoContrastiveSAE, StandardSAE):  # type: ignore[misc]
+    """A relu_l1 training checkpoint opened as SAELens ``standard``."""
+
+
+class OrthoContrastiveTopKSAE(OrthoContrastiveSAE, TopKSAE):  # type: ignore[misc]
+    """A topk training checkpoint opened as SAELens ``topk`` (same encoder as training)."""
+
+
+class OrthoContrastiveJumpReLUSAE(OrthoContrastiveSAE, JumpReLUSAE):  # type: ignore[misc]
+    """A batchtopk training checkpoint opened as SAELens ``jumprelu``: its running
+    threshold becomes every latent's JumpReLU threshold, as SAELens's BatchTopK does when
+    it saves (``BatchTopKTrainingSAE.process_state_dict_for_saving_inference``)."""
+
+    @override
+    def process_state_dict_for_loading(self, state_dict: dict[str, Any]) -> None:
+        super().process_state_dict_for_loading(state_dict)
+        if "topk_threshold" not in state_dict:
+            return  # already in JumpReLU form
+        topk_threshold = state_dict.pop("topk_threshold").item()
+        if self.cfg.rescale_acts_by_decoder_norm:
+            W_dec_DS = state_dict["W_dec"]  # (d_sae, d_in)
+            _fold_norm_topk(
+                W_dec_norm=W_dec_DS.norm(dim=-1),
+                W_enc=state_dict["W_enc"],
+                b_enc=state_dict["b_enc"],
+                W_dec=W_dec_DS,
+            )
+        state_dict["threshold"] = torch.ones_like(state_dict["b_enc"]) * topk_threshold
+
+
+_INFERENCE_CLASS_PER_BASE: dict[str, type[OrthoContrastiveSAE]] = {
+    "relu_l1": OrthoContrastiveStandardSAE,
+    "topk": OrthoContrastiveTopKSAE,
+    "batchtopk": OrthoContrastiveJumpReLUSAE,
+}
+
+
+def _class_for_base(cls: type, root: type, args: tuple[Any, ...], kwargs: dict[str, Any]) -> type:
+    """The class that ``root(cfg, ...)`` instantiates: the subclass for
+    ``cfg.sparsity_base``. A concrete subclass is kept as it is (``copy.deepcopy`` calls
+    ``cls.__new__(cls)`` on it, with no config)."""
+    if cls is not root:
+        return cls
+    cfg = args[0] if args else kwargs["cfg"]
+    per_base = _TRAINING_CLASS_PER_BASE if root is OrthoContrastiveTrainingSAE else _INFERENCE_CLASS_PER_BASE
+    return per_base[cfg.sparsity_base]
 
 
 def _partial(path: Path) -> Path:

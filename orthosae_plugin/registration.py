@@ -43,8 +43,9 @@ def register() -> None:
     register_sae_training_class(
         ARCHITECTURE, OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
     )
-    # Saved inference models are `standard`; this entry lets `SAE.load_from_disk` open
-    # a training checkpoint (architecture "ortho_contrastive") as that standard SAE.
+    # Saved inference models are `standard`, `topk` or `jumprelu`; this entry lets
+    # `SAE.load_from_disk` open a training checkpoint (architecture "ortho_contrastive")
+    # in its base's inference form.
     SAE_CLASS_REGISTRY.pop(ARCHITECTURE, None)
     register_sae_class(ARCHITECTURE, OrthoContrastiveSAE, OrthoContrastiveSAEConfig)
     _install_budget_hook(
