@@ -193,35 +193,51 @@ def test_a_model_without_hierarchy_is_refused():
 # --- the benchmark ------------------------------------------------------------------
 
 
-def test_matched_l0_interpolates_inside_the_sweep_and_never_extrapolates():
+def test_matched_l0_interpolates_along_the_sweep_and_never_extrapolates():
     assert bench.interpolate_at([2.0, 4.0, 8.0], [1.0, 0.5, 0.0], 3.0) == 0.75
-    assert bench.interpolate_at([8.0, 2.0, 4.0], [0.0, 1.0, 0.5], 6.0) == 0.25
+    assert bench.interpolate_at([8.0, 4.0, 2.0], [0.0, 0.5, 1.0], 6.0) == 0.25  # L0 falling
     assert math.isnan(bench.interpolate_at([2.0, 4.0], [1.0, 0.5], 5.0))
+    # An L1 sweep that folds back (L0 6.0 -> 5.0 -> 5.5): the first crossing counts.
+    assert bench.interpolate_at([6.0, 5.0, 5.5], [0.4, 0.6, 0.9], 5.25) == pytest.approx(0.55)
+
+
+def test_matched_l0_summary_interpolates_each_seed_then_averages_over_seeds():
+    def run(seed, l0, absorption):
+        metrics = {m: 0.0 for m in bench.METRICS} | {"l0": l0, "absorption": absorption}
+        return bench.RunResult("A", "standard", "l1_coefficient", l0, seed, metrics, {}, 0.0, {})
+
+    results = [run(0, 4.0, 0.2), run(0, 6.0, 0.4), run(1, 4.0, 0.4), run(1, 6.0, 0.6)]
+    mean, std, n = bench.matched_l0_summary(results, target_l0=5.0)["A"]["absorption"]
+    assert (mean, n) == (pytest.approx(0.4), 2)
+    assert std == pytest.approx(0.1 * 2**0.5)  # sample std of 0.3 and 0.5
 
 
 def test_tiny_benchmark_writes_every_run_a_table_and_plots(tmp_path):
+    arms = ("standard", "oc topk base: both")
     tiny = bench.BenchmarkConfig(
         num_features=16, hidden_dim=8, hierarchy_roots=2, hierarchy_branching=2,
-        seeds=(0, 1), training_samples=2048, batch_size=128, eval_samples=1000,
-        arms=[arm for arm in bench.default_arms()
-              if arm.name in ("standard", "topk", "oc: both (k=128)")],
+        seeds=(0, 1), training_samples=1024, batch_size=128, eval_samples=512,
+        arms=[arm for arm in bench.default_arms() if arm.name in arms],
     )
     for arm in tiny.arms:
         arm.sparsity_values = arm.sparsity_values[:2]
     results = bench.run_grid(tiny, progress=False)
-    paths = bench.write_outputs(tiny, results, tmp_path, "oc: both (k=128)", wall_seconds=1.0)
+    paths = bench.write_outputs(tiny, results, tmp_path, arms[1], wall_seconds=1.0)
 
     runs = json.loads(paths["runs"].read_text())["runs"]
-    assert len(runs) == 2 * 3 * 2  # seeds x arms x sparsity settings
-    assert {(r["arm"], r["seed"]) for r in runs} == {
-        (a, s) for a in ("standard", "topk", "oc: both (k=128)") for s in (0, 1)
+    assert len(runs) == 2 * 2 * 2  # seeds x arms x sparsity settings
+    assert {(r["arm"], r["seed"], r["sparsity"]) for r in runs} == {
+        (arm.name, seed, value) for arm in tiny.arms for seed in (0, 1) for value in arm.sparsity_values
     }
     oc_run = next(r for r in runs if r["architecture"] == "ortho_contrastive")
-    assert oc_run["sae_config"]["ortho_anneal_steps"] == 2048 // 128  # bound by the runner config
+    assert oc_run["sae_config"]["sparsity_base"] == "topk"
+    assert oc_run["sae_config"]["ortho_anneal_steps"] == 1024 // 128  # bound by the runner config
     for r in runs:
         assert 0.0 <= r["metrics"]["absorption"] <= 1.0
         assert r["metrics"]["l0"] > 0
     table = paths["table"].read_text()
-    for arm in ("standard", "topk", "oc: both (k=128)"):
+    for arm in arms:
         assert f"| {arm} |" in table
-    assert paths["absorption_plot"].stat().st_size > 0 and paths["ev_plot"].stat().st_size > 0
+    assert f"Targets for `{arms[1]}`" in table
+    assert paths["absorption_plot"].read_bytes()[:4] == b"\x89PNG"
+    assert paths["ev_plot"].read_bytes()[:4] == b"\x89PNG"

@@ -208,6 +208,24 @@ def match_features_to_latents(
 
 
 @torch.no_grad()
+def carried_shares(
+    sae: SAE[Any], mags_NF: torch.Tensor, x_ND: torch.Tensor,
+    latent_F: torch.Tensor, gain_F: torch.Tensor,
+) -> torch.Tensor:
+    """``(N, F)``: the share ``r_i(x)`` of each active feature carried by its matched
+    latent (0 where the feature is inactive or unmatched)."""
+    acts_NS = sae.encode(x_ND)
+    if acts_NS.is_sparse:
+        acts_NS = acts_NS.to_dense()
+    carried_NF = acts_NS[:, latent_F.clamp_min(0)] * gain_F  # along f_i, in units of |f_i|
+    active_NF = mags_NF > 0
+    share_NF = torch.zeros_like(mags_NF)
+    share_NF[active_NF] = carried_NF[active_NF] / mags_NF[active_NF]
+    share_NF[:, latent_F < 0] = 0.0
+    return share_NF
+
+
+@torch.no_grad()
 def synthetic_absorption(
     sae: SAE[Any],
     model: SyntheticModel,
@@ -226,73 +244,61 @@ def synthetic_absorption(
             f"model.cfg.hidden_dim={model.cfg.hidden_dim}"
         )
     sae.eval()
-    features_FD = model.feature_dict.feature_vectors.to(sae.W_dec.device, sae.W_dec.dtype)
+    device, dtype = sae.W_dec.device, sae.W_dec.dtype
+    features_FD = model.feature_dict.feature_vectors.to(device, dtype)
     decoder_SD = effective_decoder(sae)
     latent_F, abs_cos_F = match_features_to_latents(features_FD, decoder_SD)
-    matched = latent_F >= 0
-    # Per unit of the latent's activation, how much of its feature's direction it writes.
-    unit_F = torch.zeros(features_FD.shape[0], dtype=features_FD.dtype, device=features_FD.device)
-    unit_F[matched] = (
-        decoder_SD[latent_F[matched].to(decoder_SD.device)] * features_FD[matched]
-    ).sum(-1) / features_FD[matched].pow(2).sum(-1)
-    signed_cos_F = torch.zeros_like(unit_F)
-    signed_cos_F[matched] = torch.nn.functional.cosine_similarity(
-        decoder_SD[latent_F[matched].to(decoder_SD.device)], features_FD[matched], dim=-1
-    )
+    latent_F = latent_F.to(device)
+    matched_F = latent_F >= 0
+    # gain_F[i]: the component along f_i, in units of f_i, of one unit of its latent.
+    matched_rows_FD = decoder_SD[latent_F.clamp_min(0)]
+    gain_F = (matched_rows_FD * features_FD).sum(-1) / features_FD.pow(2).sum(-1) * matched_F
+    cos_F = torch.nn.functional.cosine_similarity(matched_rows_FD, features_FD, dim=-1) * matched_F
 
-    parents_P = torch.tensor(sorted({p for p, _ in pairs}))
-    children_of = {int(p): [c for q, c in pairs if q == p] for p in parents_P}
-    pair_parent_Q = torch.tensor([p for p, _ in pairs])
-    pair_child_Q = torch.tensor([c for _, c in pairs])
-    counts = {name: torch.zeros(len(pairs), dtype=torch.float64) for name in (
-        "coactive", "parent_missed", "parent_share", "child_hit")}
-    alone = {name: torch.zeros(len(parents_P), dtype=torch.float64) for name in (
-        "n", "hit", "share")}
+    parents = sorted({p for p, _ in pairs})
+    parent_P = torch.tensor(parents, device=device)
+    parent_Q = torch.tensor([p for p, _ in pairs], device=device)
+    child_Q = torch.tensor([c for _, c in pairs], device=device)
+    parent_index_Q = torch.tensor([parents.index(p) for p, _ in pairs])
+    is_child_FP = torch.zeros(features_FD.shape[0], len(parents), device=device, dtype=dtype)
+    is_child_FP[child_Q, parent_index_Q.to(device)] = 1.0
 
+    def zeros(n: int) -> torch.Tensor:
+        return torch.zeros(n, dtype=torch.float64)
+
+    n_both_Q, missed_Q, share_both_Q, child_hit_Q = (zeros(len(pairs)) for _ in range(4))
+    n_alone_P, hit_alone_P, share_alone_P = (zeros(len(parents)) for _ in range(3))
     with temporary_seed(cfg.seed):
-        done = 0
-        while done < cfg.num_samples:
-            n = min(cfg.batch_size, cfg.num_samples - done)
-            done += n
-            mags_NF = model.activation_generator.sample(n)
+        for start in range(0, cfg.num_samples, cfg.batch_size):
+            mags_NF = model.activation_generator.sample(min(cfg.batch_size, cfg.num_samples - start))
             if mags_NF.is_sparse:
                 mags_NF = mags_NF.to_dense()
-            x_ND = model.feature_dict(mags_NF).to(sae.W_dec.device, sae.W_dec.dtype)
-            mags_NF = mags_NF.to(unit_F.device, unit_F.dtype)
-            acts_NS = sae.encode(x_ND)
-            if acts_NS.is_sparse:
-                acts_NS = acts_NS.to_dense()
-            share_NF = torch.zeros_like(mags_NF)
+            x_ND = model.feature_dict(mags_NF).to(device, dtype)
+            mags_NF = mags_NF.to(device, dtype)
+            share_NF = carried_shares(sae, mags_NF, x_ND, latent_F, gain_F)
             active_NF = mags_NF > 0
-            carried_NF = acts_NS[:, latent_F.clamp_min(0).to(acts_NS.device)] * unit_F
-            share_NF[active_NF] = (carried_NF[active_NF] / mags_NF[active_NF])
-            share_NF[:, ~matched.to(share_NF.device)] = 0.0
             represented_NF = active_NF & (share_NF >= cfg.min_share)
 
-            both_NQ = active_NF[:, pair_parent_Q] & active_NF[:, pair_child_Q]
-            counts["coactive"] += both_NQ.sum(0).cpu()
-            counts["parent_missed"] += (both_NQ & ~represented_NF[:, pair_parent_Q]).sum(0).cpu()
-            counts["parent_share"] += (share_NF[:, pair_parent_Q] * both_NQ).sum(0).double().cpu()
-            counts["child_hit"] += (both_NQ & represented_NF[:, pair_child_Q]).sum(0).cpu()
+            both_NQ = active_NF[:, parent_Q] & active_NF[:, child_Q]
+            n_both_Q += both_NQ.sum(0).cpu()
+            missed_Q += (both_NQ & ~represented_NF[:, parent_Q]).sum(0).cpu()
+            share_both_Q += (share_NF[:, parent_Q] * both_NQ).sum(0).cpu()
+            child_hit_Q += (both_NQ & represented_NF[:, child_Q]).sum(0).cpu()
 
-            for k, p in enumerate(parents_P.tolist()):
-                alone_N = active_NF[:, p] & ~active_NF[:, children_of[p]].any(-1)
-                alone["n"][k] += alone_N.sum().item()
-                alone["hit"][k] += (alone_N & represented_NF[:, p]).sum().item()
-                alone["share"][k] += (share_NF[:, p] * alone_N).sum().item()
+            alone_NP = active_NF[:, parent_P] & (active_NF.to(dtype) @ is_child_FP == 0)
+            n_alone_P += alone_NP.sum(0).cpu()
+            hit_alone_P += (alone_NP & represented_NF[:, parent_P]).sum(0).cpu()
+            share_alone_P += (share_NF[:, parent_P] * alone_NP).sum(0).cpu()
 
     def rate(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
         return torch.where(den >= cfg.min_samples, num / den.clamp_min(1), torch.nan)
 
-    absorption_Q = rate(counts["parent_missed"], counts["coactive"])
-    parent_share_Q = rate(counts["parent_share"], counts["coactive"])
-    child_recall_Q = rate(counts["child_hit"], counts["coactive"])
-    recall_P = rate(alone["hit"], alone["n"])
-    share_alone_P = rate(alone["share"], alone["n"])
-    recall_of = dict(zip(parents_P.tolist(), recall_P.tolist()))
-    recall_Q = torch.tensor([recall_of[p] for p, _ in pairs], dtype=torch.float64)
-    share_alone_of = dict(zip(parents_P.tolist(), share_alone_P.tolist()))
-    share_alone_Q = torch.tensor([share_alone_of[p] for p, _ in pairs], dtype=torch.float64)
+    absorption_Q = rate(missed_Q, n_both_Q)
+    parent_share_Q = rate(share_both_Q, n_both_Q)
+    child_recall_Q = rate(child_hit_Q, n_both_Q)
+    recall_P = rate(hit_alone_P, n_alone_P)
+    mean_share_alone_P = rate(share_alone_P, n_alone_P)
+    recall_Q = recall_P[parent_index_Q]
     valid_Q = ~absorption_Q.isnan() & ~recall_Q.isnan()
 
     def mean(values: torch.Tensor) -> float:
@@ -305,11 +311,11 @@ def synthetic_absorption(
         absorption_beyond_misses=mean(absorption_Q - (1 - recall_Q)),
         child_recall=mean(child_recall_Q),
         parent_share_coactive=mean(parent_share_Q),
-        parent_share_alone=mean(share_alone_Q),
+        parent_share_alone=mean(mean_share_alone_P[parent_index_Q]),
         n_pairs=int(valid_Q.sum()),
         n_pairs_skipped=int((~valid_Q).sum()),
         n_parents_missed=int((recall_P < 0.5).sum()),
-        matched_mcc=abs_cos_F[matched].mean().item() if matched.any() else 0.0,
+        matched_mcc=abs_cos_F[matched_F.cpu()].mean().item() if matched_F.any() else 0.0,
         min_share=cfg.min_share,
         pairs=[
             PairAbsorption(
@@ -317,9 +323,9 @@ def synthetic_absorption(
                 child=c,
                 parent_latent=latent[p],
                 child_latent=latent[c],
-                parent_cos=signed_cos_F[p].item(),
-                child_cos=signed_cos_F[c].item(),
-                n_coactive=int(counts["coactive"][q]),
+                parent_cos=cos_F[p].item(),
+                child_cos=cos_F[c].item(),
+                n_coactive=int(n_both_Q[q]),
                 absorption=absorption_Q[q].item(),
                 mean_parent_share_coactive=parent_share_Q[q].item(),
                 child_recall=child_recall_Q[q].item(),
@@ -330,10 +336,10 @@ def synthetic_absorption(
             ParentRecall(
                 parent=p,
                 parent_latent=latent[p],
-                n_alone=int(alone["n"][k]),
+                n_alone=int(n_alone_P[k]),
                 recall_alone=recall_P[k].item(),
-                mean_share_alone=share_alone_P[k].item(),
+                mean_share_alone=mean_share_alone_P[k].item(),
             )
-            for k, p in enumerate(parents_P.tolist())
+            for k, p in enumerate(parents)
         ],
     )
