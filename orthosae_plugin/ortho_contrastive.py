@@ -141,7 +141,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     """batchtopk only: rate of the running mean of the smallest active pre-activation,
     the JumpReLU threshold of the saved model; in (0, 1]."""
 
-    ortho_coefficient: float = 1.0
+    ortho_coefficient: float = 1000.0
     """Weight of the thresholded decoder-orthogonality penalty (>= 0; 0 turns it off)."""
 
     ortho_threshold_start: float = 0.3
