@@ -251,8 +251,9 @@ class BenchmarkConfig:
 
 
 def quick_config() -> BenchmarkConfig:
-    """One seed and a third of the samples: a first look in a few minutes."""
-    return BenchmarkConfig(seeds=(0,), training_samples=100_000, eval_samples=20_000)
+    """One seed and fewer evaluation samples: a third of the time. (Fewer training
+    samples would leave the ReLU+L1 arms above the target L0.)"""
+    return BenchmarkConfig(seeds=(0,), eval_samples=20_000)
 
 
 @dataclass
@@ -525,11 +526,13 @@ def per_setting_summary(results: list[RunResult]) -> dict[tuple[str, float], dic
 # --- outputs ------------------------------------------------------------------------
 
 
-def _fmt(stat: tuple[float, float, int], digits: int = 3) -> str:
+def _fmt(stat: tuple[float, float, int], digits: int, n_seeds: int) -> str:
+    """``mean ± std``, with the number of seeds behind it when some seeds are missing."""
     mean, std, n = stat
     if n == 0:
         return "n/a"
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+    text = f"{mean:.{digits}f} ± {std:.{digits}f}" if n > 1 else f"{mean:.{digits}f}"
+    return text if n == n_seeds else f"{text} (n={n})"
 
 
 COLUMNS = (
@@ -581,7 +584,7 @@ def markdown_report(
 ) -> str:
     matched = matched_l0_summary(results, target_l0)
     settings = per_setting_summary(results)
-    n_seeds = len(bench.seeds)
+    n_seeds = len({r.seed for r in results})
     header = "| arm | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
     rule = "|" + "---|" * (len(COLUMNS) + 1)
     lines = [
@@ -597,14 +600,16 @@ def markdown_report(
         "",
         f"## At matched L0 = {target_l0:.2f}, mean ± std over seeds",
         "",
-        "Interpolated along each seed's sparsity sweep; n/a = the sweep does not reach "
-        "this L0.",
+        "Interpolated along each seed's sparsity sweep; (n=...) = only that many seeds' "
+        "sweeps reach this L0; n/a = none does.",
         "",
         header,
         rule,
     ]
     for arm, stats in matched.items():
-        lines.append(f"| {arm} | " + " | ".join(_fmt(stats[m], d) for m, _, d in COLUMNS) + " |")
+        lines.append(
+            f"| {arm} | " + " | ".join(_fmt(stats[m], d, n_seeds) for m, _, d in COLUMNS) + " |"
+        )
     lines += ["", *targets_section(matched, headline_arm), "", "## Every setting, mean ± std over seeds", ""]
     lines += ["| arm | setting | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
               "|" + "---|" * (len(COLUMNS) + 2)]
@@ -612,7 +617,7 @@ def markdown_report(
     for (arm, sparsity), stats in settings.items():
         lines.append(
             f"| {arm} | {field_of[arm]}={sparsity:g} | "
-            + " | ".join(_fmt(stats[m], d) for m, _, d in COLUMNS) + " |"
+            + " | ".join(_fmt(stats[m], d, n_seeds) for m, _, d in COLUMNS) + " |"
         )
     return "\n".join(lines) + "\n"
 
@@ -656,10 +661,17 @@ def plot(results: list[RunResult], target_l0: float, true_l0: float, out_dir: Pa
     return paths
 
 
-def load_runs(path: Path) -> tuple[list[RunResult], float]:
-    """The runs and wall time saved in a ``runs.json``."""
+def load_runs(path: Path) -> tuple[BenchmarkConfig, list[RunResult], float]:
+    """The benchmark config, runs and wall time saved in a ``runs.json``."""
     saved = json.loads(path.read_text())
-    return [RunResult(**run) for run in saved["runs"]], saved["wall_seconds"]
+    config = saved["benchmark"]
+    bench = BenchmarkConfig(**{
+        **config,
+        "seeds": tuple(config["seeds"]),
+        "arms": [Arm(**{**arm, "sparsity_values": tuple(arm["sparsity_values"])})
+                 for arm in config["arms"]],
+    })
+    return bench, [RunResult(**run) for run in saved["runs"]], saved["wall_seconds"]
 
 
 def write_outputs(
@@ -697,7 +709,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--grid", choices=sorted(GRIDS), default="compare",
                         help="'compare' (default): the architectures; 'tuning': the "
                         "coefficient sweep behind the defaults")
-    parser.add_argument("--quick", action="store_true", help="1 seed, 100k samples per run")
+    parser.add_argument("--quick", action="store_true", help="1 seed, 20k evaluation samples")
     parser.add_argument("--seeds", type=int, help="number of training seeds (0..n-1)")
     parser.add_argument("--samples", type=int, help="training samples per run")
     parser.add_argument("--eval-samples", type=int, help="evaluation samples per run")
@@ -710,10 +722,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--headline-arm", default="oc: both (k=128)",
                         help="arm checked against the issue's targets")
     parser.add_argument("--out", type=Path, help=f"output folder (default: {DEFAULT_OUT}, "
-                        "plus /tuning for the tuning grid)")
+                        "plus /tuning for the tuning grid; with --from-runs, its folder)")
     parser.add_argument("--from-runs", type=Path, metavar="RUNS_JSON",
-                        help="re-tabulate and re-plot a saved runs.json instead of training "
-                        "(its grid's config flags must be given again)")
+                        help="re-tabulate and re-plot a saved runs.json (with its own "
+                        "config; --target-l0 still applies) instead of training")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes training in parallel (default 2: one per core here)")
     parser.add_argument("--threads", type=int, default=1,
@@ -747,12 +759,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     bench = config_from_args(args)
     if args.from_runs:
-        results, wall = load_runs(args.from_runs)
+        bench, results, wall = load_runs(args.from_runs)
+        if args.target_l0 is not None:
+            bench = replace(bench, target_l0=args.target_l0)
     else:
         start = time.perf_counter()
         results = run_grid(bench, workers=args.workers, threads=args.threads)
         wall = time.perf_counter() - start
-    out = args.out or (DEFAULT_OUT / "tuning" if args.grid == "tuning" else DEFAULT_OUT)
+    if args.out is not None:
+        out = args.out
+    elif args.from_runs:
+        out = args.from_runs.parent
+    else:
+        out = DEFAULT_OUT / "tuning" if args.grid == "tuning" else DEFAULT_OUT
     paths = write_outputs(bench, results, out, args.headline_arm, wall)
     print(paths["table"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {wall / 60:.1f} min", file=sys.stderr)

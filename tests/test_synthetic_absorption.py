@@ -150,9 +150,10 @@ def test_partial_absorption_counts_against_the_stated_share():
     # When a child fires, the parent's latent keeps 30% of the parent's magnitude.
     sae = hand_built_sae(*absorb(*absorb(*faithful_weights(), CHILD_A, 0.3), CHILD_B, 0.3))
     assert run(sae, min_share=0.5).absorption == 1.0
-    assert run(sae, min_share=0.25).absorption == 0.0
-    assert_close(run(sae).parent_share_coactive, 0.3, atol=1e-5, rtol=0)
-    assert_close(run(sae).parent_share_alone, 1.0)
+    lenient = run(sae, min_share=0.25)
+    assert lenient.absorption == 0.0
+    assert_close(lenient.parent_share_coactive, 0.3, atol=1e-5, rtol=0)
+    assert_close(lenient.parent_share_alone, 1.0)
 
 
 def test_matching_is_the_one_behind_saelens_mcc():
@@ -241,3 +242,8 @@ def test_tiny_benchmark_writes_every_run_a_table_and_plots(tmp_path):
     assert f"Targets for `{arms[1]}`" in table
     assert paths["absorption_plot"].read_bytes()[:4] == b"\x89PNG"
     assert paths["ev_plot"].read_bytes()[:4] == b"\x89PNG"
+
+    # The saved runs re-render the same table without training.
+    again = bench.main(["--from-runs", str(paths["runs"]), "--out", str(tmp_path / "again"),
+                        "--headline-arm", arms[1]])
+    assert again["table"].read_text() == table
