@@ -212,7 +212,8 @@ class BenchmarkConfig:
     batch_size: int = 256
     lr: float = 3e-3
     lr_decay_fraction: float = 0.2
-    """Final share of the steps over which the learning rate decays to lr / 10."""
+    """Final share of the steps over which the learning rate decays linearly to 0
+    (SAELens's constant scheduler with lr_decay_steps)."""
     dead_feature_window: int = 200
     """Steps without firing after which a latent counts as dead (TopK aux loss)."""
     eval_samples: int = 50_000
