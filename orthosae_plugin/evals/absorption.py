@@ -14,10 +14,13 @@ JSON schema as ``sae_bench`` writes). It wraps, rather than calls,
 * skips an SAE whose result file exists (main.py:78) and ``break``s out of the loop when
   too few letters pass the ground-truth probe (main.py:111-118), reporting nothing;
 * for SAE objects only *warns* when decoder rows are not unit-norm (general_utils.py:115),
-  and then the metric can come out as exactly 0.0;
-* never applies ``config.random_seed``;
+  and the metric is then wrong (the planted 60 % reference SAE with decoder norms spread
+  over 0.2 .. 5 scores 0.35);
+* never applies ``config.random_seed``, and lists the vocabulary in hash-map order, so its
+  probe split differs from run to run (see :func:`_sorted_saebench_vocabulary`);
 * trains the k-sparse probes with ``k_sparse_probe_batch_size = 4096``: on a small
-  vocabulary that is one optimiser step per epoch and a perfectly clean SAE scores ~0.9.
+  vocabulary that is one optimiser step per epoch, and the planted clean reference SAE
+  (true absorption 0) scores 0.65.
 
 Everything here is what is needed to fix those and nothing more: all files go under one
 output folder, probes are cached per model *fingerprint*, decoder norms are folded into a
@@ -29,6 +32,7 @@ result carries a verdict (:class:`AbsorptionAlarm`, stored in the output's
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import json
@@ -42,10 +46,13 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
+from unittest import mock
 
 import numpy as np
 import pandas as pd
 import torch
+from sae_bench.evals.absorption import common as saebench_common
+from sae_bench.evals.absorption import feature_absorption as saebench_feature_absorption
 from sae_bench.evals.absorption.common import load_or_train_probe
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_bench.evals.absorption.eval_output import (
@@ -80,7 +87,7 @@ ALARM_KEY = "orthosae_alarm"
 # SAEBench splits the alphabetic vocabulary 80/20 into probe train/test words
 # (probing.py: create_dataset_probe_training, train_test_fraction=0.8).
 SAEBENCH_TRAIN_FRACTION = 0.8
-MIN_PROBE_STEPS_PER_EPOCH = 16
+MIN_PROBE_STEPS_PER_EPOCH = 8
 """k-sparse probe batches are capped so that each epoch takes at least this many steps."""
 NORM_TOLERANCE = 1e-5
 PRECALC_MAX_BYTES = 2**30
@@ -314,8 +321,13 @@ def model_fingerprint(model: HookedTransformer, *settings: object) -> str:
 
 def probe_batch_size(config: AbsorptionEvalConfig, n_alpha_tokens: int) -> int:
     """``config.k_sparse_probe_batch_size``, lowered so that each epoch over the probe's
-    training words takes at least MIN_PROBE_STEPS_PER_EPOCH steps (unchanged for Gemma-2's
-    vocabulary; 58 for the planted model's 1175 words)."""
+    training words takes at least MIN_PROBE_STEPS_PER_EPOCH steps.
+
+    Unchanged (4096) from 40,960 alphabetic tokens up, so SAEBench-scale vocabularies get
+    SAEBench's setting; 117 for the planted model's 1175. Measured there: at 4096 (one step
+    per epoch) the clean reference SAE scores 0.65 instead of 0.0; from 470 (two steps)
+    down, 0.0.
+    """
     n_train = int(n_alpha_tokens * SAEBENCH_TRAIN_FRACTION)
     return max(1, min(config.k_sparse_probe_batch_size, n_train // MIN_PROBE_STEPS_PER_EPOCH))
 
@@ -332,8 +344,12 @@ def precalc_fits(n_alpha_tokens: int, d_sae: int) -> bool:
 
 
 def _check_split_covers_letters(split_dir: Path) -> None:
-    """SAEBench crashes deep inside (or mis-indexes) when a letter has no train or no test
-    word; say so plainly instead."""
+    """Refuse a probe split in which a letter has no train or no test word.
+
+    SAEBench fails deep inside for a letter without train words (KeyError at
+    k_sparse_probing.py:283) and silently scores one without test words as probe F1 0
+    (scikit-learn only warns); say so plainly instead.
+    """
     for split in ("train", "test"):
         answers = pd.read_csv(split_dir / f"{split}_df.csv", keep_default_na=False)["answer"]
         present = {str(a).strip().lower() for a in answers}
@@ -347,6 +363,25 @@ def _check_split_covers_letters(split_dir: Path) -> None:
             )
 
 
+@contextlib.contextmanager
+def _sorted_saebench_vocabulary():
+    """Make SAEBench list the alphabetic vocabulary in sorted order while it runs.
+
+    SAEBench lists it in ``tokenizer.vocab`` order (vocab.py:16), which for fast tokenizers
+    comes from a Rust hash map and changes from call to call; its seeded 80/20 probe split
+    (probing.py:276) and in-context examples then differ between runs with the same seed.
+    """
+
+    def sorted_alpha_tokens(tokenizer: Any, *args: Any, **kwargs: Any) -> list[str]:
+        return sorted(get_alpha_tokens(tokenizer, *args, **kwargs))
+
+    with (
+        mock.patch.object(saebench_common, "get_alpha_tokens", sorted_alpha_tokens),
+        mock.patch.object(saebench_feature_absorption, "get_alpha_tokens", sorted_alpha_tokens),
+    ):
+        yield
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -354,6 +389,20 @@ def _seed_everything(seed: int) -> None:
 
 
 # --------------------------------------------------------------------------- the alarm
+
+
+def same_model(name_a: str, name_b: str) -> bool:
+    """Whether two model names denote the same model: equal, equal once an organisation
+    prefix is dropped (SAELens records "google/gemma-2-2b", TransformerLens names the model
+    "gemma-2-2b"), or TransformerLens aliases of the same official model."""
+    if name_a.split("/")[-1].lower() == name_b.split("/")[-1].lower():
+        return True
+    from transformer_lens.loading_from_pretrained import get_official_model_name
+
+    try:
+        return get_official_model_name(name_a) == get_official_model_name(name_b)
+    except ValueError:  # not a TransformerLens model name
+        return False
 
 
 def random_alignment_level(d_in: int, d_sae: int, p_value: float) -> float:
@@ -438,7 +487,9 @@ def assess_result(
                 "what an untrained or broken SAE gives, not a result")
         else:
             notes.append(f"{pattern}: a clean dictionary, consistent with zero absorption")
-    if provenance.sae_model_name is not None and provenance.sae_model_name != eval_model_name:
+    if provenance.sae_model_name is not None and not same_model(
+        provenance.sae_model_name, eval_model_name
+    ):
         reasons.append(
             f"the SAE was trained on {provenance.sae_model_name!r} but is evaluated on "
             f"{eval_model_name!r}")
@@ -560,7 +611,7 @@ def run_absorption_eval(
         precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts
         or precalc_fits(n_alpha, sae.cfg.d_sae),
     )
-    with torch.enable_grad(), warnings.catch_warnings():
+    with torch.enable_grad(), warnings.catch_warnings(), _sorted_saebench_vocabulary():
         # SAEBench trains probes (run_eval sets grad mode globally, main.py:44); sklearn
         # warns for every k-sparse probe that predicts no positives, which the alarm covers.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
@@ -776,6 +827,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default: SAEBench's for the model, else float32)")
     parser.add_argument("--llm-batch-size", type=int, default=defaults.llm_batch_size)
+    parser.add_argument("--max-k-value", type=int, default=defaults.max_k_value,
+                        help="largest k of SAEBench's k-sparse probes (feature splitting)")
     parser.add_argument("--seed", type=int, default=defaults.random_seed)
     parser.add_argument("--training-steps", type=int, default=None,
                         help="override the SAE's recorded training steps for the alarm")
@@ -788,7 +841,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    config = replace(defaults, random_seed=args.seed, llm_batch_size=args.llm_batch_size)
+    config = replace(defaults, random_seed=args.seed, llm_batch_size=args.llm_batch_size,
+                     max_k_value=args.max_k_value)
     thresholds = replace(default_thresholds, min_training_steps=args.min_training_steps,
                          min_k1_probe_f1=args.min_k1_probe_f1)
     try:
