@@ -6,6 +6,7 @@ trusted. End-to-end tests run on the planted first-letter model (tests/fixtures/
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import math
 import os
@@ -56,7 +57,7 @@ from orthosae_plugin.evals.planted import (
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-PLANTED_RATES = {0: 0.0, 3: 0.3, 6: 0.6}  # absorbed groups (of 10) -> absorption rate
+ABSORBED_GROUPS = (0, 3, 6)  # of 10: planted absorption rates 0, 0.3, 0.6
 SCALED_FIELDS = ("model_name", "llm_dtype", "k_sparse_probe_batch_size",
                  "precalc_k_sparse_probe_sae_acts")
 
@@ -80,7 +81,7 @@ def reference_runs(planted, tmp_path_factory):
                 build_reference_sae(planted, k), planted.model, out, FAST_CONFIG,
                 sae_name=f"absorbed_{k}", show_progress=False,
             )
-            for k in PLANTED_RATES
+            for k in ABSORBED_GROUPS
         }
     return {
         "outputs": outputs, "out": out, "cwd": cwd,
@@ -132,17 +133,35 @@ def test_reference_sae_letter_latent_is_silent_exactly_on_absorbed_groups(plante
 # ------------------------------------------------------------------ what the eval measures
 
 
-def test_absorption_scores_come_out_in_order_and_near_the_planted_rates(reference_runs):
+def test_absorption_scores_come_out_in_order_and_near_the_planted_rates(
+    reference_runs, planted
+):
     scores = {
         k: out.eval_result_metrics.mean.mean_absorption_fraction_score
         for k, out in reference_runs["outputs"].items()
     }
     assert scores[0] < scores[3] < scores[6], scores
-    for k, rate in PLANTED_RATES.items():
-        assert abs(scores[k] - rate) < 0.1, (k, scores)
-        # one absorbing latent per word: full absorption equals the fraction
-        full = reference_runs["outputs"][k].eval_result_metrics.mean.mean_full_absorption_score
-        assert abs(full - rate) < 0.1, (k, full)
+    for k in ABSORBED_GROUPS:
+        assert abs(planted.planted_absorption_rate(k) - k / 10) < 0.01
+        assert abs(scores[k] - k / 10) < 0.1, (k, scores)
+
+
+def test_absorption_equals_the_planted_share_on_the_words_saebench_scored(
+    reference_runs, planted
+):
+    # Every test word passes the ground-truth probe here (F1 = 1), so SAEBench scores
+    # exactly its probe test split: the words in the cached split file.
+    (test_split,) = (reference_runs["out"] / "probes").glob(
+        f"{planted.config.model_name}-*/*/layer_0/test_df.csv")
+    vocab = planted.model.tokenizer.get_vocab()
+    words = pd.read_csv(test_split, keep_default_na=False)["token"]
+    test_ids = torch.tensor([vocab[word] for word in words])
+    for k, output in reference_runs["outputs"].items():
+        mean = output.eval_result_metrics.mean
+        planted_share = planted.planted_absorption_rate(k, test_ids)
+        assert mean.mean_absorption_fraction_score == pytest.approx(planted_share, abs=1e-6)
+        # one absorbing latent per word: every absorbed word is fully absorbed
+        assert mean.mean_full_absorption_score == pytest.approx(planted_share, abs=1e-6)
 
 
 def test_reference_saes_are_trusted_and_the_clean_one_is_explained(reference_runs):
@@ -158,7 +177,7 @@ def test_results_land_only_in_the_output_folder(reference_runs):
     assert list(reference_runs["cwd"].iterdir()) == []
     assert reference_runs["site_packages_after"] == reference_runs["site_packages_before"]
     out = reference_runs["out"]
-    for k in PLANTED_RATES:
+    for k in ABSORBED_GROUPS:
         assert result_path(out, f"absorbed_{k}").exists()
         assert (out / f"absorbed_{k}_custom_sae_k_sparse_probing.json").exists()
     assert {p.name for p in out.iterdir()} >= {"artifacts", "probes"}
@@ -409,3 +428,26 @@ def test_unfoldable_decoder_norms_are_reported():
         sae.W_dec.copy_(3.0 * torch.nn.functional.normalize(sae.W_dec, dim=-1))
     deviation, folded, error = fold_decoder_norms(sae)
     assert not folded and math.isclose(deviation, 2.0, abs_tol=1e-4) and "TopK" in error
+
+
+def test_example_gemma_form_builds_a_valid_config_without_running(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "absorption_example", Path(__file__).parents[1] / "examples" / "absorption_eval.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    built = {}
+
+    class NoGemmaHere:  # the real runner would download Gemma-2-2B
+        def __init__(self, cfg, **kwargs):
+            built["cfg"] = cfg
+            self.model = "the runner's model"
+
+        def run(self):
+            return None
+
+    monkeypatch.setattr(example, "LanguageModelSAETrainingRunner", NoGemmaHere)
+    sae_path, model = example.train_on_gemma(tmp_path, training_tokens=40_960_000, d_sae=16384)
+    cfg = built["cfg"]
+    assert (cfg.model_name, cfg.hook_name, cfg.sae.d_in) == ("gemma-2-2b", "blocks.19.hook_resid_post", 2304)
+    assert cfg.sae.ortho_anneal_steps == 10_000  # the run's real length
+    assert (sae_path, model) == (tmp_path / "sae", "the runner's model")

@@ -41,6 +41,7 @@ import random
 import re
 import statistics
 import sys
+import textwrap
 import warnings
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime
@@ -757,7 +758,7 @@ def _safe(name: str) -> str:
 # --------------------------------------------------------------------------- reporting
 
 
-def format_summary(output: AbsorptionEvalOutput, result_path: Path | None = None) -> str:
+def format_summary(output: AbsorptionEvalOutput, path: Path | None = None) -> str:
     """A one-screen report of an output: per-letter table, means, and the alarm verdict."""
     alarm = get_alarm(output)
     cfg = output.eval_config
@@ -770,6 +771,9 @@ def format_summary(output: AbsorptionEvalOutput, result_path: Path | None = None
         f"{'letter':>6} {'GT F1':>6} {'k=1 F1':>6} {'split':>5} {'TP':>5} "
         f"{'absorb':>7} {'full':>6}",
     ]
+    legend = ("GT F1: ground-truth probe; k=1 F1: best single SAE latent; split: split "
+              "features; TP: test words the probe gets right; absorb: mean absorption "
+              "fraction; full: full-absorption rate")
     for letter in LETTERS:
         gt, k1 = probe_f1.get(letter, (float("nan"), float("nan")))
         row = f"{letter:>6} {gt:6.2f} {k1:6.2f} "
@@ -786,16 +790,20 @@ def format_summary(output: AbsorptionEvalOutput, result_path: Path | None = None
         f"(sd {m.std_dev_absorption_fraction_score:.3f}), full absorption "
         f"{m.mean_full_absorption_score:.3f}, split features {m.mean_num_split_features:.2f}"
     )
+    lines.extend(textwrap.wrap(legend, 78))
     if alarm.trustworthy:
         lines.append("verdict: TRUSTWORTHY (no alarm fired)")
     else:
         lines.append("!" * 78)
         lines.append("!!! verdict: UNTRUSTWORTHY -- do not report these numbers:")
-        lines.extend(f"!!!  - {reason}" for reason in alarm.reasons)
+        for reason in alarm.reasons:
+            lines.extend(textwrap.wrap(reason, 78, initial_indent="!!!  - ",
+                                       subsequent_indent="!!!    "))
         lines.append("!" * 78)
-    lines.extend(f"note: {note}" for note in alarm.notes)
-    if result_path is not None:
-        lines.append(f"result: {result_path}")
+    for note in alarm.notes:
+        lines.extend(textwrap.wrap(note, 78, initial_indent="note: ", subsequent_indent="  "))
+    if path is not None:
+        lines.append(f"result: {path}")
     return "\n".join(lines)
 
 

@@ -143,6 +143,19 @@ class PlantedFirstLetterModel:
         """(n_alpha,) ids of the alphabetic tokens, in vocabulary order."""
         return torch.nonzero(self.token_letter_V >= 0).squeeze(1)
 
+    def planted_absorption_rate(
+        self, absorbed_groups: int, token_ids: torch.Tensor | None = None
+    ) -> float:
+        """Share of each letter's tokens that lie in the first `absorbed_groups` groups,
+        averaged over letters as SAEBench averages its score: what ``build_reference_sae(
+        self, absorbed_groups)`` scores on the words `token_ids` (default: all alphabetic
+        tokens, which gives about absorbed_groups / n_groups)."""
+        ids_T = self.alpha_token_ids if token_ids is None else token_ids
+        absorbed_T = (self.token_group_V[ids_T] < absorbed_groups).float()
+        letter_T = self.token_letter_V[ids_T]
+        shares_L = torch.zeros(len(LETTERS)).index_add_(0, letter_T, absorbed_T)
+        return float((shares_L / torch.bincount(letter_T, minlength=len(LETTERS))).mean())
+
 
 def build_planted_model(
     config: PlantedModelConfig | None = None,
@@ -177,7 +190,10 @@ def build_planted_model(
         ids_N = torch.tensor(sorted(ids), dtype=torch.long)
         ids_N = ids_N[torch.randperm(len(ids_N), generator=generator)]
         token_letter_V[ids_N] = letter_idx
-        token_group_V[ids_N] = torch.arange(len(ids_N)) % cfg.n_groups
+        # Round-robin from a random first group, so that the groups that get one token
+        # more than the others differ from letter to letter.
+        first_group = int(torch.randint(cfg.n_groups, (1,), generator=generator))
+        token_group_V[ids_N] = (torch.arange(len(ids_N)) + first_group) % cfg.n_groups
 
     is_alpha_V = token_letter_V >= 0
     embed_VD = cfg.token_norm * tokens_VD
@@ -208,7 +224,7 @@ def build_planted_model(
         for block in model.blocks:
             block.attn.W_O.mul_(cfg.block_output_scale)
             block.mlp.W_out.mul_(cfg.block_output_scale)
-    model.to(device)
+    model.to(device, print_details=False)
     model.eval()
     return PlantedFirstLetterModel(
         model=model,
