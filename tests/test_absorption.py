@@ -35,18 +35,20 @@ from fixtures.planted import (  # noqa: F401  (pytest fixtures)
 )
 from orthosae_plugin.evals.absorption import (
     AbsorptionEvalError,
-    AlarmThresholds,
-    SaeProvenance,
-    assess_result,
     fold_decoder_norms,
-    get_alarm,
     load_output,
     main,
     probe_batch_size,
-    random_alignment_level,
     result_path,
     run_absorption_eval,
     training_steps_of,
+)
+from orthosae_plugin.evals.alarm import (
+    AlarmThresholds,
+    SaeProvenance,
+    assess_result,
+    get_alarm,
+    random_alignment_level,
 )
 from orthosae_plugin.evals.planted import (
     LETTERS,
@@ -385,7 +387,8 @@ def test_model_names_from_saelens_and_transformerlens_are_matched():
 
 def test_alarm_thresholds_are_configurable():
     alarm = assess_result(per_letter(), provenance(training_steps=4),
-                          AbsorptionEvalConfig(), "gemma-2-2b", AlarmThresholds(min_training_steps=1))
+                          AbsorptionEvalConfig(), "gemma-2-2b",
+                          AlarmThresholds(min_training_steps=1))
     assert alarm.trustworthy
 
 
@@ -448,6 +451,7 @@ def test_example_gemma_form_builds_a_valid_config_without_running(monkeypatch, t
     monkeypatch.setattr(example, "LanguageModelSAETrainingRunner", NoGemmaHere)
     sae_path, model = example.train_on_gemma(tmp_path, training_tokens=40_960_000, d_sae=16384)
     cfg = built["cfg"]
-    assert (cfg.model_name, cfg.hook_name, cfg.sae.d_in) == ("gemma-2-2b", "blocks.19.hook_resid_post", 2304)
+    assert cfg.model_name == "gemma-2-2b"
+    assert (cfg.hook_name, cfg.sae.d_in) == ("blocks.19.hook_resid_post", 2304)
     assert cfg.sae.ortho_anneal_steps == 10_000  # the run's real length
     assert (sae_path, model) == (tmp_path / "sae", "the runner's model")

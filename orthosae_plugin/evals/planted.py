@@ -15,18 +15,20 @@ This module builds one:
              + group_norm  * G[group(t)]             # n_groups orthonormal "group" directions
              + token_norm  * U[t]                    # one random direction per token
 
-  The transformer blocks are randomly initialised and their outputs scaled down by
-  ``block_output_scale``, so that the residual stream at every layer is the planted
-  embedding plus a little noise from attention over the prompt. The group of each token is
-  assigned round-robin within its letter, so every letter has the same share of tokens in
-  every group; groups stand in for the semantic features that absorb the letter in real
-  models (Chanin et al.'s " short" absorbing "starts with S").
+  Non-alphabetic tokens (special tokens, ":") have only the token part. Positional
+  embeddings are zero; the transformer blocks are randomly initialised and their outputs
+  scaled down by ``block_output_scale``, so that the residual stream at every layer is the
+  planted embedding plus a little noise from attention over the prompt. Groups are dealt
+  round-robin within each letter (from a random first group), so every letter has about
+  the same share of tokens in every group; they stand in for the semantic features that
+  absorb the letter in real models (Chanin et al.'s " short" absorbing "starts with S").
 
 :func:`build_reference_sae` hand-builds SAELens ``standard`` SAEs on top of the planted
 directions with a known absorption rate: the letter latent is switched off (by the group
 directions in its encoder) on every token of the chosen groups, and those tokens' own
 latents carry the letter direction in their decoder instead. SAEBench's absorption score of
-such an SAE should come out at the share of absorbed groups.
+such an SAE is the share of absorbed tokens among the words it scores
+(:meth:`PlantedFirstLetterModel.planted_absorption_rate`).
 """
 
 from __future__ import annotations
