@@ -28,6 +28,7 @@ from datasets import Dataset
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_lens import LanguageModelSAETrainingRunner
 from sae_lens.config import LanguageModelSAERunnerConfig, LoggingConfig
+from transformer_lens import HookedTransformer
 
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.evals.absorption import (
@@ -50,10 +51,12 @@ def planted_word_sequences(planted: PlantedFirstLetterModel, n_sequences: int,
     return Dataset.from_dict({"tokens": ids_T[picks_NS].tolist()})
 
 
-def train_on_planted(out: Path, steps: int, batch_size: int, d_sae: int):
+def train_on_planted(
+    out: Path, steps: int, batch_size: int, d_sae: int
+) -> tuple[Path, HookedTransformer]:
     """Train on the planted model; returns (saved SAE folder, the model object)."""
     # Every tensor here is tiny: one CPU thread is as fast, and a second one mostly spins
-    # against other processes on a shared machine (measured 8x slower under load).
+    # against other processes on a shared machine (4-8x slower there with two threads).
     torch.set_num_threads(1)
     planted = build_planted_model()
     setup = ToySetup(
@@ -73,7 +76,9 @@ def train_on_planted(out: Path, steps: int, batch_size: int, d_sae: int):
     return out / "sae", planted.model
 
 
-def train_on_gemma(out: Path, training_tokens: int, d_sae: int):
+def train_on_gemma(
+    out: Path, training_tokens: int, d_sae: int
+) -> tuple[Path, HookedTransformer]:
     """Train on Gemma-2-2B layer 19 (needs a GPU and the hub); returns (SAE folder, model)."""
     batch_size = 4096
     cfg = LanguageModelSAERunnerConfig(
@@ -87,7 +92,7 @@ def train_on_gemma(out: Path, training_tokens: int, d_sae: int):
         hook_name="blocks.19.hook_resid_post",
         dataset_path="monology/pile-uncopyrighted",
         streaming=True,
-        context_size=1024,
+        context_size=128,  # SAEBench's absorption prompts are ~70 tokens
         training_tokens=training_tokens,
         train_batch_size_tokens=batch_size,
         lr=3e-4,
@@ -119,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.gemma:
         sae_path, model = train_on_gemma(args.out, args.training_tokens, args.d_sae or 16384)
-        config = AbsorptionEvalConfig(llm_batch_size=32, llm_dtype="float32")
+        config = AbsorptionEvalConfig(llm_batch_size=32)  # SAEBench's batch for Gemma-2-2B
     else:
         sae_path, model = train_on_planted(args.out, args.steps, args.batch_size,
                                            args.d_sae or 256)

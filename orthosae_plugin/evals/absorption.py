@@ -68,11 +68,12 @@ from sae_bench.evals.absorption.main import _aggregate_results_df
 from sae_bench.evals.absorption.prompting import create_icl_prompt
 from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
 from sae_bench.sae_bench_utils import (
+    general_utils,
     get_eval_uuid,
     get_sae_bench_version,
     get_sae_lens_version,
-    general_utils,
 )
+from sae_bench.sae_bench_utils.activation_collection import LLM_NAME_TO_DTYPE
 from sae_lens import SAE
 from sae_lens.constants import RUNNER_CFG_FILENAME
 from sklearn.exceptions import UndefinedMetricWarning
@@ -135,8 +136,6 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Hook
     """
     if name == PLANTED_MODEL_NAME:
         return build_planted_model(device=device).model
-    from sae_bench.sae_bench_utils.activation_collection import LLM_NAME_TO_DTYPE
-
     dtype_str = dtype or LLM_NAME_TO_DTYPE.get(name, "float32")
     return HookedTransformer.from_pretrained_no_processing(
         name, device=device, dtype=general_utils.str_to_dtype(dtype_str)
