@@ -90,12 +90,14 @@ class PlantedModelConfig:
     n_layers: int = 1
     """Number of randomly initialised transformer blocks."""
     n_heads: int = 4
+    """Attention heads per block (d_head = d_model / n_heads)."""
     d_mlp: int = 256
+    """MLP width of each block."""
     n_ctx: int = 128
     """Context length; SAEBench's prompts (10 in-context examples) use 77 tokens here."""
     n_groups: int = 10
     """Number of group directions; reference SAEs absorb whole groups, so planted
-    absorption rates are multiples of 1 / n_groups."""
+    absorption rates are about k / n_groups."""
     letter_norm: float = 1.0
     """Norm of the planted first-letter part of each alphabetic token's embedding."""
     group_norm: float = 1.0
@@ -107,6 +109,7 @@ class PlantedModelConfig:
     seed: int = 0
     """Seeds the directions, the group assignment and the blocks."""
     model_name: str = PLANTED_MODEL_NAME
+    """``model.cfg.model_name``; SAEs trained on the model record it."""
 
     def __post_init__(self) -> None:
         if self.d_model <= len(LETTERS) + self.n_groups:
