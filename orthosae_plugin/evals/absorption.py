@@ -647,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
         prog="orthosae-absorption",
         description="SAEBench first-letter absorption eval on a saved SAELens SAE, offline "
         "when the model is available locally, with an alarm for untrustworthy results.",
+        epilog="exit status: 0 done; 1 the SAE could not be evaluated; 2 the result is "
+        "untrustworthy and --strict was given",
     )
     parser.add_argument("--sae", required=True, help="folder of a saved SAELens SAE (cfg.json)")
     parser.add_argument("--model", required=True,
@@ -655,19 +657,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder; every file goes here")
     parser.add_argument("--name", default=None, help="SAE name in the result files "
                         "(default: the SAE folder's name)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="default: cuda when available, else cpu")
     parser.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                         help="model dtype (default: SAEBench's for the model, else float32)")
-    parser.add_argument("--llm-batch-size", type=int, default=defaults.llm_batch_size)
+    parser.add_argument("--llm-batch-size", type=int, default=defaults.llm_batch_size,
+                        help=f"prompts per model forward pass (default {defaults.llm_batch_size})")
     parser.add_argument("--max-k-value", type=int, default=defaults.max_k_value,
                         help="largest k of SAEBench's k-sparse probes (feature splitting)")
-    parser.add_argument("--seed", type=int, default=defaults.random_seed)
+    parser.add_argument("--seed", type=int, default=defaults.random_seed,
+                        help="seeds the probe split and probe training "
+                        f"(default {defaults.random_seed})")
     parser.add_argument("--training-steps", type=int, default=None,
                         help="override the SAE's recorded training steps for the alarm")
     parser.add_argument("--min-training-steps", type=int,
-                        default=default_thresholds.min_training_steps)
+                        default=default_thresholds.min_training_steps,
+                        help="alarm below this many recorded training steps (default "
+                        f"{default_thresholds.min_training_steps})")
     parser.add_argument("--min-k1-probe-f1", type=float,
-                        default=default_thresholds.min_k1_probe_f1)
+                        default=default_thresholds.min_k1_probe_f1,
+                        help="alarm when most letters' best single latent has a lower F1 "
+                        f"(default {default_thresholds.min_k1_probe_f1})")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when the result is untrustworthy")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
