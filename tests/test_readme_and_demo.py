@@ -36,6 +36,15 @@ def test_readme_batchtopk_example_saves_a_jumprelu_sae(tmp_path, monkeypatch, ca
     ]
 
 
+def test_readme_absorption_example_scores_the_planted_rate(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_block("absorption"), "README.md:absorption", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()  # SAEBench prints progress lines too
+    assert "0.29" in lines, lines
+    assert lines[lines.index("0.29") + 1] == "trustworthy"
+    assert (tmp_path / "runs" / "absorption").is_dir()
+
+
 def test_readme_gemma_example_builds_a_valid_config(monkeypatch):
     built = {}
 

@@ -1,0 +1,457 @@
+"""Specification of ``orthosae_plugin.evals.absorption``: SAEBench's absorption eval on any
+SAE and model, offline, every file in one folder, and an alarm for results that cannot be
+trusted. End-to-end tests run on the planted first-letter model (tests/fixtures/planted.py).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sae_bench
+import torch
+from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
+from sae_bench.evals.absorption.prompting import create_icl_prompt
+from sae_bench.evals.absorption.vocab import get_alpha_tokens
+from sae_lens import SAE, StandardSAE, StandardSAEConfig, TopKSAE, TopKSAEConfig
+from sae_lens.saes.sae import SAEMetadata
+
+from fixtures.planted import (  # noqa: F401  (pytest fixtures)
+    FAST_CONFIG,
+    one_torch_thread,
+    planted,
+    planted_other_seed,
+    untrained_sae,
+)
+from orthosae_plugin.evals.absorption import (
+    AbsorptionEvalError,
+    fold_decoder_norms,
+    load_output,
+    main,
+    probe_batch_size,
+    result_path,
+    run_absorption_eval,
+    training_steps_of,
+)
+from orthosae_plugin.evals.alarm import (
+    AlarmThresholds,
+    SaeProvenance,
+    assess_result,
+    get_alarm,
+    random_alignment_level,
+)
+from orthosae_plugin.evals.planted import (
+    LETTERS,
+    build_planted_model,
+    build_reference_sae,
+    load_planted_words,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+ABSORBED_GROUPS = (0, 3, 6)  # of 10: planted absorption rates 0, 0.3, 0.6
+SCALED_FIELDS = ("model_name", "llm_dtype", "k_sparse_probe_batch_size",
+                 "precalc_k_sparse_probe_sae_acts")
+
+
+def listing(folder: Path) -> dict[str, float]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime for p in folder.rglob("*")}
+
+
+@pytest.fixture(scope="module")
+def reference_runs(planted, tmp_path_factory):
+    """The reference SAEs with 0, 3 and 6 of 10 groups absorbed, evaluated into one output
+    folder from an empty working directory. FAST_CONFIG trains fewer k-sparse probes than
+    SAEBench's default (k <= 3, 20 epochs): the same scores here, in a fifth of the time;
+    the default config runs end to end in the example's test."""
+    cwd = tmp_path_factory.mktemp("cwd")
+    out = tmp_path_factory.mktemp("results") / "absorption"
+    site_packages_before = listing(Path(sae_bench.__file__).parent)
+    with contextlib.chdir(cwd):
+        outputs = {
+            k: run_absorption_eval(
+                build_reference_sae(planted, k), planted.model, out, FAST_CONFIG,
+                sae_name=f"absorbed_{k}", show_progress=False,
+            )
+            for k in ABSORBED_GROUPS
+        }
+    return {
+        "outputs": outputs, "out": out, "cwd": cwd,
+        "site_packages_before": site_packages_before,
+        "site_packages_after": listing(Path(sae_bench.__file__).parent),
+    }
+
+
+# ------------------------------------------------------------------ the planted model
+
+
+def test_every_planted_word_is_one_token_and_every_letter_has_words(planted):
+    words = load_planted_words()
+    assert len(words) > 1000
+    for word in words:
+        assert planted.model.to_tokens(word, prepend_bos=False).shape == (1, 1), word
+    assert {w[0] for w in words} == set(LETTERS)
+
+
+def test_planted_residual_carries_the_first_letter_at_saebench_prompt_position(planted):
+    vocab = get_alpha_tokens(planted.model.tokenizer)
+    words = vocab[::50]
+    prompts = [
+        create_icl_prompt(w, examples=vocab, base_template="{word} has the first letter:",
+                          max_icl_examples=10, prepend_separator_to_first_example=True).base
+        for w in words
+    ]
+    _, cache = planted.model.run_with_cache(prompts, names_filter=planted.hook_name)
+    acts_ND = cache[planted.hook_name][:, -6, :]  # SAEBench's default prompt_token_pos
+    letter_proj_NL = acts_ND @ planted.letter_directions_LD.T
+    expected_NL = torch.zeros_like(letter_proj_NL)
+    expected_NL[torch.arange(len(words)), [LETTERS.index(w[0].lower()) for w in words]] = 1.0
+    torch.testing.assert_close(letter_proj_NL, expected_NL * planted.config.letter_norm,
+                               atol=0.25, rtol=0)
+
+
+def test_reference_sae_letter_latent_is_silent_exactly_on_absorbed_groups(planted):
+    absorbed_groups = 3
+    sae = build_reference_sae(planted, absorbed_groups)
+    ids = planted.alpha_token_ids
+    feats_NS = sae.encode(planted.model.embed.W_E[ids])
+    letter_acts_N = feats_NS[torch.arange(len(ids)), planted.token_letter_V[ids]]
+    absorbed_N = planted.token_group_V[ids] < absorbed_groups
+    assert (letter_acts_N[absorbed_N] == 0).all()
+    assert (letter_acts_N[~absorbed_N] > 0.5 * planted.config.letter_norm).all()
+    assert (sae.W_dec.norm(dim=-1) - 1).abs().max() < 1e-5
+
+
+# ------------------------------------------------------------------ what the eval measures
+
+
+def test_absorption_scores_come_out_in_order_and_near_the_planted_rates(
+    reference_runs, planted
+):
+    scores = {
+        k: out.eval_result_metrics.mean.mean_absorption_fraction_score
+        for k, out in reference_runs["outputs"].items()
+    }
+    assert scores[0] < scores[3] < scores[6], scores
+    for k in ABSORBED_GROUPS:
+        assert abs(planted.planted_absorption_rate(k) - k / 10) < 0.01
+        assert abs(scores[k] - k / 10) < 0.1, (k, scores)
+
+
+def test_absorption_equals_the_planted_share_on_the_words_saebench_scored(
+    reference_runs, planted
+):
+    # Every test word passes the ground-truth probe here (F1 = 1), so SAEBench scores
+    # exactly its probe test split: the words in the cached split file.
+    (test_split,) = (reference_runs["out"] / "probes").glob(
+        f"{planted.config.model_name}-*/*/layer_0/test_df.csv")
+    vocab = planted.model.tokenizer.get_vocab()
+    words = pd.read_csv(test_split, keep_default_na=False)["token"]
+    test_ids = torch.tensor([vocab[word] for word in words])
+    for k, output in reference_runs["outputs"].items():
+        mean = output.eval_result_metrics.mean
+        planted_share = planted.planted_absorption_rate(k, test_ids)
+        assert mean.mean_absorption_fraction_score == pytest.approx(planted_share, abs=1e-6)
+        # one absorbing latent per word: every absorbed word is fully absorbed
+        assert mean.mean_full_absorption_score == pytest.approx(planted_share, abs=1e-6)
+
+
+def test_reference_saes_are_trusted_and_the_clean_one_is_explained(reference_runs):
+    for k, output in reference_runs["outputs"].items():
+        alarm = get_alarm(output)
+        assert alarm.trustworthy, (k, alarm.reasons)
+        assert alarm.measured["n_letters_passing_gt_probe"] == 26
+    clean = get_alarm(reference_runs["outputs"][0])
+    assert any("clean dictionary" in note for note in clean.notes)
+
+
+def test_results_land_only_in_the_output_folder(reference_runs):
+    assert list(reference_runs["cwd"].iterdir()) == []
+    assert reference_runs["site_packages_after"] == reference_runs["site_packages_before"]
+    out = reference_runs["out"]
+    for k in ABSORBED_GROUPS:
+        assert result_path(out, f"absorbed_{k}").exists()
+        assert (out / f"absorbed_{k}_custom_sae_k_sparse_probing.json").exists()
+    assert {p.name for p in out.iterdir()} >= {"artifacts", "probes"}
+
+
+def test_result_file_is_saebench_output_with_the_values_used(reference_runs, planted):
+    output = reference_runs["outputs"][3]
+    on_disk = load_output(result_path(reference_runs["out"], "absorbed_3"))
+    assert isinstance(on_disk, AbsorptionEvalOutput)
+    assert on_disk.eval_type_id == "absorption_first_letter"
+    assert on_disk.eval_result_metrics == output.eval_result_metrics
+    assert [d.first_letter for d in on_disk.eval_result_details] == list(LETTERS)
+    assert on_disk.eval_config.model_name == planted.config.model_name
+    n_alpha = len(get_alpha_tokens(planted.model.tokenizer))
+    assert on_disk.eval_config.k_sparse_probe_batch_size == probe_batch_size(
+        FAST_CONFIG, n_alpha
+    )
+    assert get_alarm(on_disk) == get_alarm(output)
+
+
+def test_second_model_with_the_same_name_does_not_reuse_the_first_models_probe(
+    reference_runs, planted, planted_other_seed, tmp_path
+):
+    assert planted_other_seed.model.cfg.model_name == planted.model.cfg.model_name
+    sae = build_reference_sae(planted_other_seed, 3)
+    shared = run_absorption_eval(sae, planted_other_seed.model, reference_runs["out"],
+                                 FAST_CONFIG, sae_name="other_model", show_progress=False)
+    fresh = run_absorption_eval(sae, planted_other_seed.model, tmp_path, FAST_CONFIG,
+                                sae_name="other_model", show_progress=False)
+    assert shared.eval_result_metrics == fresh.eval_result_metrics
+    assert shared.eval_result_details == fresh.eval_result_details
+    assert len(list((reference_runs["out"] / "probes").iterdir())) == 2
+
+
+def test_decoder_norms_are_folded_into_a_copy_and_do_not_change_the_result(
+    reference_runs, planted
+):
+    scaled = build_reference_sae(planted, 3)
+    scale_S = torch.linspace(0.2, 5.0, scaled.cfg.d_sae)
+    with torch.no_grad():  # the same SAE function, with decoder rows of norm 0.2 .. 5
+        scaled.W_dec.mul_(scale_S[:, None])
+        scaled.W_enc.div_(scale_S)
+        scaled.b_enc.div_(scale_S)
+    scaled_W_dec = scaled.W_dec.detach().clone()
+
+    folded = run_absorption_eval(scaled, planted.model, reference_runs["out"], FAST_CONFIG,
+                                 sae_name="scaled", show_progress=False)
+    unit = reference_runs["outputs"][3].eval_result_metrics.mean
+    assert folded.eval_result_metrics.mean.mean_absorption_fraction_score == pytest.approx(
+        unit.mean_absorption_fraction_score, abs=1e-3)
+    assert torch.equal(scaled.W_dec, scaled_W_dec)  # the caller's SAE is untouched
+    assert any("folded" in note for note in get_alarm(folded).notes)
+
+
+def test_untrained_sae_trips_the_alarm_and_strict_cli_exits_nonzero(planted, tmp_path, capsys):
+    untrained_sae(planted).save_model(tmp_path / "untrained")  # no step count recorded
+    status = main(["--sae", str(tmp_path / "untrained"), "--model", "planted-first-letter",
+                   "--out", str(tmp_path / "out"), "--max-k-value", "3", "--strict", "--quiet"])
+    printed = capsys.readouterr().out
+    assert status == 2
+    assert "UNTRUSTWORTHY" in printed
+    alarm = get_alarm(load_output(result_path(tmp_path / "out", "untrained")))
+    assert not alarm.trustworthy
+    assert any("looks untrained" in reason for reason in alarm.reasons)
+
+
+def test_example_trains_ortho_contrastive_and_gets_a_trusted_result(tmp_path):
+    example = Path(__file__).parents[1] / "examples" / "absorption_eval.py"
+    result = subprocess.run(
+        [sys.executable, str(example), "--out", str(tmp_path), "--steps", "1000"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},  # see one_torch_thread
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "verdict: TRUSTWORTHY" in result.stdout
+    output = load_output(result_path(tmp_path / "absorption", "sae"))
+    assert output.eval_config == replace(
+        AbsorptionEvalConfig(), **{f: getattr(output.eval_config, f) for f in SCALED_FIELDS}
+    )  # SAEBench's default config, except what the eval sets from the model
+    assert get_alarm(output).measured["training_steps"] == 1000
+
+
+# ------------------------------------------------------------------ refusals
+
+
+@pytest.mark.parametrize(
+    "hook_name",
+    ["blocks.0.hook_resid_pre", "blocks.0.attn.hook_z", "blocks.0.hook_mlp_out",
+     "blocks.1.hook_resid_post", None],
+)
+def test_sae_at_a_hook_the_eval_cannot_read_is_refused_before_any_file_is_written(
+    planted, tmp_path, hook_name
+):
+    sae = untrained_sae(planted)
+    sae.cfg.metadata.hook_name = hook_name
+    with pytest.raises(ValueError, match="hook_name"):
+        run_absorption_eval(sae, planted.model, tmp_path / "out", show_progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_resid_pre_refusal_names_the_equivalent_resid_post(planted, tmp_path):
+    sae = untrained_sae(planted)
+    sae.cfg.metadata.hook_name = "blocks.1.hook_resid_pre"  # the planted model has 1 block
+    with pytest.raises(ValueError, match=r"blocks\.0\.hook_resid_post"):
+        run_absorption_eval(sae, planted.model, tmp_path, show_progress=False)
+
+
+def test_sae_of_another_width_is_refused(planted, tmp_path):
+    metadata = SAEMetadata(model_name=planted.config.model_name, hook_name=planted.hook_name)
+    sae = StandardSAE(StandardSAEConfig(d_in=64, d_sae=256, metadata=metadata))
+    with pytest.raises(ValueError, match="d_in=64"):
+        run_absorption_eval(sae, planted.model, tmp_path / "out", show_progress=False)
+
+
+def test_prompt_position_that_misses_the_word_is_refused(planted, tmp_path):
+    config = AbsorptionEvalConfig(prompt_token_pos=-5)
+    with pytest.raises(ValueError, match="prompt_token_pos=-5"):
+        run_absorption_eval(untrained_sae(planted), planted.model, tmp_path, config,
+                            show_progress=False)
+
+
+def test_cli_reports_a_refusal_with_status_1(planted, tmp_path, capsys):
+    sae = untrained_sae(planted)
+    sae.cfg.metadata.hook_name = "blocks.0.hook_mlp_out"
+    sae.save_model(tmp_path / "sae")
+    status = main(["--sae", str(tmp_path / "sae"), "--model", "planted-first-letter",
+                   "--out", str(tmp_path / "out"), "--quiet"])
+    assert status == 1
+    assert "hook_mlp_out" in capsys.readouterr().err
+
+
+def test_letter_without_test_words_is_reported_not_crashed(tmp_path):
+    # 'x' has a single alphabetic token (the answer token "X"): it cannot be in both splits
+    words = [w for w in load_planted_words() if not w.startswith("x")][::4]
+    small = build_planted_model(words=words)
+    sae = untrained_sae(small)
+    with pytest.raises(AbsorptionEvalError, match=r"letters \[.*'x'.*\] have no"):
+        run_absorption_eval(sae, small.model, tmp_path, FAST_CONFIG, show_progress=False)
+
+
+# ------------------------------------------------------------------ the alarm's rules
+
+
+def per_letter(gt=1.0, k1=1.0, cos=1.0, absorption=0.2, full=0.1, split=1) -> pd.DataFrame:
+    return pd.DataFrame({
+        "letter": list(LETTERS), "gt_probe_f1": gt, "k1_probe_f1": k1,
+        "k1_decoder_probe_cos": cos, "mean_absorption_fraction": absorption,
+        "full_absorption_rate": full, "num_split_features": split,
+    })
+
+
+def provenance(**changes) -> SaeProvenance:
+    values = dict(d_in=2304, d_sae=16384, training_steps=50_000,
+                  training_steps_source="cfg.metadata.training_steps",
+                  max_decoder_norm_deviation=0.0, decoder_norms_folded=True,
+                  fold_error=None, sae_model_name="gemma-2-2b")
+    return SaeProvenance(**{**values, **changes})
+
+
+def assess(table=None, **changes):
+    return assess_result(per_letter() if table is None else table, provenance(**changes),
+                         AbsorptionEvalConfig(), "gemma-2-2b")
+
+
+def test_alarm_is_quiet_on_a_plausible_result():
+    alarm = assess()
+    assert alarm.trustworthy and alarm.reasons == []
+
+
+@pytest.mark.parametrize(
+    "table, changes, reason",
+    [
+        (None, {"training_steps": 4}, "trained for 4 steps"),
+        (None, {"decoder_norms_folded": False, "max_decoder_norm_deviation": 0.7,
+                "fold_error": "TopK"}, "could not be folded"),
+        (per_letter(gt=[0.9] * 10 + [0.3] * 16), {}, "only 10 of 26 letters"),
+        (per_letter(k1=[0.1] * 14 + [0.9] * 12), {}, "14 of 26 scored letters have no SAE latent"),
+        (per_letter(cos=0.05), {}, "the dictionary looks untrained"),
+        (per_letter(k1=0.6, absorption=0.0, full=0.0, split=1), {}, "exactly 0 absorption"),
+        (None, {"sae_model_name": "gemma-2-9b"}, "trained on 'gemma-2-9b'"),
+    ],
+)
+def test_alarm_fires_with_a_reason(table, changes, reason):
+    alarm = assess(table, **changes)
+    assert not alarm.trustworthy
+    assert any(reason in r for r in alarm.reasons), alarm.reasons
+
+
+def test_exact_zero_absorption_is_believed_only_with_near_perfect_letter_latents():
+    clean = assess(per_letter(k1=0.97, absorption=0.0, full=0.0, split=1))
+    assert clean.trustworthy
+    assert any("clean dictionary" in note for note in clean.notes)
+
+
+def test_unknown_step_count_is_a_note_not_a_reason():
+    alarm = assess(training_steps=None, training_steps_source="unknown")
+    assert alarm.trustworthy
+    assert any("training steps is unknown" in note for note in alarm.notes)
+
+
+def test_model_names_from_saelens_and_transformerlens_are_matched():
+    assert assess(sae_model_name="google/gemma-2-2b").trustworthy
+    assert assess(sae_model_name="gemma-2b").reasons  # another model
+
+
+def test_alarm_thresholds_are_configurable():
+    alarm = assess_result(per_letter(), provenance(training_steps=4),
+                          AbsorptionEvalConfig(), "gemma-2-2b",
+                          AlarmThresholds(min_training_steps=1))
+    assert alarm.trustworthy
+
+
+def test_random_alignment_level_is_what_random_directions_exceed_rarely():
+    d_in, d_sae = 64, 256
+    generator = torch.Generator().manual_seed(0)
+    probe_D = torch.nn.functional.normalize(torch.randn(d_in, generator=generator), dim=0)
+    best = []
+    for _ in range(200):
+        dec_SD = torch.nn.functional.normalize(torch.randn(d_sae, d_in, generator=generator), dim=1)
+        best.append((dec_SD @ probe_D).max().item())
+    level = random_alignment_level(d_in, d_sae, p_value=0.01)
+    assert sum(b > level for b in best) <= 0.01 * len(best) + 2
+    assert level < 1.5 * max(best)  # a bound, not a vacuous one
+
+
+# ------------------------------------------------------------------ inputs and settings
+
+
+def test_probe_batch_size_gives_enough_steps_on_small_vocabularies_only():
+    config = AbsorptionEvalConfig()
+    assert probe_batch_size(config, 1175) == 117  # the planted model: 940 train words
+    assert probe_batch_size(config, 40_960) == config.k_sparse_probe_batch_size
+
+
+def test_training_steps_come_from_metadata_then_runner_cfg(planted, tmp_path):
+    assert training_steps_of(untrained_sae(planted, training_steps=4)) == (
+        4, "cfg.metadata.training_steps")
+    untrained_sae(planted).save_model(tmp_path)
+    (tmp_path / "runner_cfg.json").write_text(
+        json.dumps({"training_tokens": 10_000, "train_batch_size_tokens": 2048}))
+    steps, source = training_steps_of(SAE.load_from_disk(tmp_path), tmp_path)
+    assert steps == 4 and "runner_cfg.json" in source
+    assert training_steps_of(untrained_sae(planted)) == (None, "unknown")
+
+
+def test_unfoldable_decoder_norms_are_reported():
+    sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=32, k=4, metadata=SAEMetadata()))
+    with torch.no_grad():
+        sae.W_dec.copy_(3.0 * torch.nn.functional.normalize(sae.W_dec, dim=-1))
+    deviation, folded, error = fold_decoder_norms(sae)
+    assert not folded and math.isclose(deviation, 2.0, abs_tol=1e-4) and "TopK" in error
+
+
+def test_example_gemma_form_builds_a_valid_config_without_running(monkeypatch, tmp_path):
+    spec = importlib.util.spec_from_file_location(
+        "absorption_example", Path(__file__).parents[1] / "examples" / "absorption_eval.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    built = {}
+
+    class NoGemmaHere:  # the real runner would download Gemma-2-2B
+        def __init__(self, cfg, **kwargs):
+            built["cfg"] = cfg
+            self.model = "the runner's model"
+
+        def run(self):
+            return None
+
+    monkeypatch.setattr(example, "LanguageModelSAETrainingRunner", NoGemmaHere)
+    sae_path, model = example.train_on_gemma(tmp_path, training_tokens=40_960_000, d_sae=16384)
+    cfg = built["cfg"]
+    assert cfg.model_name == "gemma-2-2b"
+    assert (cfg.hook_name, cfg.sae.d_in) == ("blocks.19.hook_resid_post", 2304)
+    assert cfg.sae.ortho_anneal_steps == 10_000  # the run's real length
+    assert (sae_path, model) == (tmp_path / "sae", "the runner's model")
