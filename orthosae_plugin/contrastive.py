@@ -12,7 +12,9 @@ batch (InfoNCE with the positives on the diagonal):
 ``P`` is a fixed Gaussian ``(d_in, k)`` matrix with entries ``N(0, 1/k)``. Without it
 (``projection_DK=None``) the similarities are exact cosines (the experiment's SS-COSAE
 baseline). Projecting costs ``O(B d_in k)`` and the similarity matrix ``O(B^2 k)``
-instead of ``O(B^2 d_in)``, and only ``(B, k)`` tensors are kept for backward.
+instead of ``O(B^2 d_in)``, and only ``(B, k)`` tensors are kept for backward: the
+InfoNCE is computed block by block with a backward that recomputes each block of ``S``,
+so no ``(B, B)`` tensor outlives the forward pass.
 """
 
 from __future__ import annotations
@@ -48,11 +50,49 @@ def embed_for_similarity(
     return F.normalize(centred_BD, dim=-1)
 
 
+class _BlockwiseInfoNCE(torch.autograd.Function):
+    """``mean_b [logsumexp_j S_bj - S_bb]`` with ``S = z_hat z^T / temperature``.
+
+    ``z`` (the embedded inputs) is a constant. Forward keeps ``z_hat``, ``z`` and the row
+    log-sum-exps, ``O(B k)``; backward recomputes ``S`` block by block:
+    ``dL/dS = (softmax(S) - I) / B``. Computed in at least float32.
+    """
+
+    @staticmethod
+    def forward(ctx, z_hat_BK: torch.Tensor, z_BK: torch.Tensor, temperature: float, block_size: int) -> torch.Tensor:  # type: ignore[override]
+        batch_size = z_hat_BK.shape[0]
+        acc_dtype = torch.promote_types(z_hat_BK.dtype, torch.float32)
+        lse_B = torch.empty(batch_size, dtype=acc_dtype, device=z_hat_BK.device)
+        for start in range(0, batch_size, block_size):
+            sim_bB = (z_hat_BK[start : start + block_size] @ z_BK.T).to(acc_dtype) / temperature
+            lse_B[start : start + block_size] = torch.logsumexp(sim_bB, dim=1)
+        positive_B = (z_hat_BK * z_BK).sum(dim=1).to(acc_dtype) / temperature
+        ctx.save_for_backward(z_hat_BK, z_BK, lse_B)
+        ctx.temperature = temperature
+        ctx.block_size = block_size
+        return (lse_B - positive_B).mean()
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        z_hat_BK, z_BK, lse_B = ctx.saved_tensors
+        batch_size = z_hat_BK.shape[0]
+        scale = grad_out / (batch_size * ctx.temperature)
+        grad_z_hat_BK = torch.empty_like(z_hat_BK)
+        for start in range(0, batch_size, ctx.block_size):
+            sim_bB = (z_hat_BK[start : start + ctx.block_size] @ z_BK.T).to(lse_B.dtype) / ctx.temperature
+            grad_sim_bB = torch.exp(sim_bB - lse_B[start : start + ctx.block_size, None])
+            rows_b = torch.arange(grad_sim_bB.shape[0], device=grad_sim_bB.device)
+            grad_sim_bB[rows_b, rows_b + start] -= 1.0  # the positives, on the diagonal
+            grad_z_hat_BK[start : start + ctx.block_size] = (grad_sim_bB * scale).to(z_BK.dtype) @ z_BK
+        return grad_z_hat_BK, None, None, None
+
+
 def self_contrastive_loss(
     x_BD: torch.Tensor,
     x_hat_BD: torch.Tensor,
     temperature: float,
     projection_DK: torch.Tensor | None = None,
+    block_size: int = 1024,
 ) -> torch.Tensor:
     """InfoNCE of reconstructions against their own inputs, positives on the diagonal.
 
@@ -61,6 +101,8 @@ def self_contrastive_loss(
         x_hat_BD: the reconstructions, ``(B, d_in)``; the gradient flows through these.
         temperature: divides the cosine similarities; must be > 0.
         projection_DK: the fixed ``(d_in, k)`` projection, or None for exact cosines.
+        block_size: rows of the ``(B, B)`` similarity matrix computed at a time; changes
+            memory, not the result.
     """
     batch_size = x_BD.shape[0]
     if batch_size < 2:
@@ -70,10 +112,10 @@ def self_contrastive_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} is invalid: it must be > 0")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} is invalid: it must be >= 1")
     x_BD = x_BD.detach()
     centre_D = x_BD.mean(dim=0)
     z_BK = embed_for_similarity(x_BD, centre_D, projection_DK)
     z_hat_BK = embed_for_similarity(x_hat_BD, centre_D, projection_DK)
-    sim_BB = z_hat_BK @ z_BK.T / temperature
-    labels_B = torch.arange(batch_size, device=x_BD.device)
-    return F.cross_entropy(sim_BB.float(), labels_B)
+    return _BlockwiseInfoNCE.apply(z_hat_BK, z_BK, float(temperature), int(block_size))  # type: ignore[no-any-return]
