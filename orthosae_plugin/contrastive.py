@@ -80,10 +80,10 @@ class _BlockwiseInfoNCE(torch.autograd.Function):
         grad_z_hat_BK = torch.empty_like(z_hat_BK)
         for start in range(0, batch_size, ctx.block_size):
             sim_bB = (z_hat_BK[start : start + ctx.block_size] @ z_BK.T).to(lse_B.dtype) / ctx.temperature
-            grad_sim_bB = torch.exp(sim_bB - lse_B[start : start + ctx.block_size, None])
+            grad_sim_bB = sim_bB.sub_(lse_B[start : start + ctx.block_size, None]).exp_()  # softmax
             rows_b = torch.arange(grad_sim_bB.shape[0], device=grad_sim_bB.device)
             grad_sim_bB[rows_b, rows_b + start] -= 1.0  # the positives, on the diagonal
-            grad_z_hat_BK[start : start + ctx.block_size] = (grad_sim_bB * scale).to(z_BK.dtype) @ z_BK
+            grad_z_hat_BK[start : start + ctx.block_size] = grad_sim_bB.mul_(scale).to(z_BK.dtype) @ z_BK
         return grad_z_hat_BK, None, None, None
 
 
