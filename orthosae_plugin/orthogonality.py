@@ -123,11 +123,13 @@ def ortho_penalty_chunked(
     perm = torch.randperm(n, generator=generator, device=generator.device).to(D_nd.device)
     total = D_nd.sum() * 0.0
     n_pairs = 0
-    for chunk in perm.split(chunk_size):
-        c = chunk.numel()
+    # One gather and one split: their backward passes each touch (n, d_in) once. Indexing
+    # D_nd once per chunk would scatter a full (n, d_in) gradient per chunk (O(n^2 / c)).
+    for chunk_cd in D_nd[perm].split(chunk_size):
+        c = chunk_cd.shape[0]
         if c < 2:
             continue
-        total = total + thresholded_cosine_squared_sum(D_nd[chunk], tau, block_size)
+        total = total + thresholded_cosine_squared_sum(chunk_cd, tau, block_size)
         n_pairs += c * (c - 1)
     return total / max(n_pairs, 1)
 
