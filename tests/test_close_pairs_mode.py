@@ -62,8 +62,23 @@ def test_close_pairs_trains_exactly_like_exact_while_the_list_is_reused_between_
         assert_close(out_c.loss, out_e.loss)
         for name in grads_e:
             assert_close(grads_c[name], grads_e[name])
-    assert scans == [0] * 5 + [5] * 5 + [10] * 2
+    assert scans == [0, 1, 2, 2, 4] + [5] * 5 + [10] * 2  # 1, 2, 4 below rescan_every
     assert 0 < close.ortho_close_pairs.shape[0] < 0.5 * 256 * 255  # a real list, not all pairs
+
+
+@pytest.mark.parametrize(
+    ("every", "scan_steps"),
+    [(20, [0, 1, 2, 4, 8, 16, 20, 40, 60]), (5, [0, 1, 2, 4, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]), (1, list(range(61)))],
+)
+def test_scans_come_at_powers_of_two_then_every_rescan_every_steps(every, scan_steps):
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode="close_pairs", ortho_rescan_every=every))
+    seen = []
+    for step in range(61):
+        sae.n_steps_trained.fill_(step)
+        sae._ortho_penalty(sae.ortho_threshold_at(step), step)
+        if int(sae.ortho_scan_step) == step:
+            seen.append(step)
+    assert seen == scan_steps
 
 
 def test_the_list_holds_the_pairs_above_the_lowest_threshold_it_serves_minus_the_margin():
@@ -90,7 +105,8 @@ def test_a_state_dict_load_or_a_fresh_sae_scans_again_and_the_list_is_never_save
     assert int(sae.ortho_scan_step) == -1
     sae.training_forward_pass(step_input(batch(1)))
     assert int(sae.ortho_scan_step) == 4
-    want = close_pair_scan(sae.unit_decoder().detach(), sae.ortho_threshold_at(99) - sae.cfg.ortho_margin)
+    # it serves steps 4 to 7 (the next scan is at step 8)
+    want = close_pair_scan(sae.unit_decoder().detach(), sae.ortho_threshold_at(7) - sae.cfg.ortho_margin)
     assert torch.equal(sae.ortho_close_pairs, want)
 
     resumed = OrthoContrastiveTrainingSAE(sae.cfg)
