@@ -13,13 +13,14 @@ batch (InfoNCE with the positives on the diagonal):
 (``projection_DK=None``) the similarities are exact cosines (the experiment's SS-COSAE
 baseline). Projecting costs ``O(B d_in k)`` and the similarity matrix ``O(B^2 k)``
 instead of ``O(B^2 d_in)``, and only ``(B, k)`` tensors are kept for backward: the
-InfoNCE is computed block by block with a backward that recomputes each block of ``S``,
-so no ``(B, B)`` tensor outlives the forward pass.
+InfoNCE is computed block by block of whole rows of ``S``, with its gradient finished in
+the same pass, so no ``(B, B)`` tensor outlives a block.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -53,38 +54,39 @@ def embed_for_similarity(
 class _BlockwiseInfoNCE(torch.autograd.Function):
     """``mean_b [logsumexp_j S_bj - S_bb]`` with ``S = z_hat z^T / temperature``.
 
-    ``z`` (the embedded inputs) is a constant. Forward keeps ``z_hat``, ``z`` and the row
-    log-sum-exps, ``O(B k)``; backward recomputes ``S`` block by block:
-    ``dL/dS = (softmax(S) - I) / B``. Computed in at least float32.
+    ``z`` (the embedded inputs) is a constant. Each block of rows of ``S`` holds whole
+    rows, so the forward pass finishes their softmax there and then, and computes the
+    gradient with respect to ``z_hat`` at once: ``dL/dz_hat = (softmax(S) - I) z / (B T)``.
+    Only that ``(B, k)`` gradient is kept for backward (nothing is recomputed, and no
+    ``(B, B)`` tensor outlives a block). Computed in at least float32.
     """
 
     @staticmethod
     def forward(ctx, z_hat_BK: torch.Tensor, z_BK: torch.Tensor, temperature: float, block_size: int) -> torch.Tensor:  # type: ignore[override]
         batch_size = z_hat_BK.shape[0]
         acc_dtype = torch.promote_types(z_hat_BK.dtype, torch.float32)
-        lse_B = torch.empty(batch_size, dtype=acc_dtype, device=z_hat_BK.device)
+        scaled_z_hat_BK = z_hat_BK / temperature  # dividing (B, k), not each (B, B) block
+        want_grad = ctx.needs_input_grad[0]
+        grad_z_hat_BK = torch.empty_like(z_hat_BK) if want_grad else None
+        total = torch.zeros((), dtype=acc_dtype, device=z_hat_BK.device)
         for start in range(0, batch_size, block_size):
-            sim_bB = (z_hat_BK[start : start + block_size] @ z_BK.T).to(acc_dtype) / temperature
-            lse_B[start : start + block_size] = torch.logsumexp(sim_bB, dim=1)
-        positive_B = (z_hat_BK * z_BK).sum(dim=1).to(acc_dtype) / temperature
-        ctx.save_for_backward(z_hat_BK, z_BK, lse_B)
-        ctx.temperature = temperature
-        ctx.block_size = block_size
-        return (lse_B - positive_B).mean()
+            sim_bB = (scaled_z_hat_BK[start : start + block_size] @ z_BK.T).to(acc_dtype)
+            lse_b = torch.logsumexp(sim_bB, dim=1)
+            rows_b = torch.arange(sim_bB.shape[0], device=sim_bB.device)
+            total += (lse_b - sim_bB[rows_b, rows_b + start]).sum()  # positives on the diagonal
+            if grad_z_hat_BK is not None:
+                softmax_bB = sim_bB.sub_(lse_b[:, None]).exp_()
+                softmax_bB[rows_b, rows_b + start] -= 1.0
+                grad_z_hat_BK[start : start + block_size] = softmax_bB.to(z_BK.dtype) @ z_BK
+        if grad_z_hat_BK is not None:
+            ctx.save_for_backward(grad_z_hat_BK.div_(batch_size * temperature))
+        return total / batch_size
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        z_hat_BK, z_BK, lse_B = ctx.saved_tensors
-        batch_size = z_hat_BK.shape[0]
-        scale = grad_out / (batch_size * ctx.temperature)
-        grad_z_hat_BK = torch.empty_like(z_hat_BK)
-        for start in range(0, batch_size, ctx.block_size):
-            sim_bB = (z_hat_BK[start : start + ctx.block_size] @ z_BK.T).to(lse_B.dtype) / ctx.temperature
-            grad_sim_bB = sim_bB.sub_(lse_B[start : start + ctx.block_size, None]).exp_()  # softmax
-            rows_b = torch.arange(grad_sim_bB.shape[0], device=grad_sim_bB.device)
-            grad_sim_bB[rows_b, rows_b + start] -= 1.0  # the positives, on the diagonal
-            grad_z_hat_BK[start : start + ctx.block_size] = grad_sim_bB.mul_(scale).to(z_BK.dtype) @ z_BK
-        return grad_z_hat_BK, None, None, None
+        (grad_z_hat_BK,) = ctx.saved_tensors
+        return grad_z_hat_BK * grad_out.to(grad_z_hat_BK.dtype), None, None, None
 
 
 def self_contrastive_loss(

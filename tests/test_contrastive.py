@@ -62,6 +62,14 @@ def test_block_size_changes_nothing_but_memory(k, block_size):
     assert_close(xh1.grad, xh2.grad)
 
 
+def test_the_loss_is_the_same_without_a_gradient():
+    x, x_hat = batch()
+    with_grad = self_contrastive_loss(x, x_hat.clone().requires_grad_(True), 0.1, block_size=5)
+    with torch.no_grad():
+        without = self_contrastive_loss(x, x_hat, 0.1, block_size=5)
+    assert_close(without, with_grad.detach())
+
+
 def test_no_batch_by_batch_tensor_is_kept_for_backward():
     B, d, k = 64, 20, 4
     g = torch.Generator().manual_seed(0)
