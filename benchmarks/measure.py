@@ -13,12 +13,12 @@ Memory, two measures, each saying what it counts:
   exist anyway. Exact and device-independent: it is the "activation memory" of a loss.
 - ``peak_allocated_bytes``: the peak of memory allocated by torch during the call, above
   the level at its start. CUDA: ``torch.cuda.max_memory_allocated``. CPU: torch has no
-  allocator statistics, so the allocation and free events recorded by
-  ``torch.profiler.profile(profile_memory=True)`` are replayed in time order and their
-  running sum's maximum is taken. It sees every tensor allocated through torch's CPU
-  allocator, but not scratch memory that a kernel (oneDNN, MKL, a sparse routine)
-  allocates and frees inside one operator, nor Python objects; process RSS is not used
-  (its high-water mark cannot be reset, and freed memory is kept by the C allocator).
+  allocator statistics, so the allocation and free events that
+  ``torch.profiler.profile(profile_memory=True)`` records for torch's CPU allocator are
+  replayed in time order and their running sum's maximum is taken. Memory that a
+  library (oneDNN, MKL, a sparse routine) allocates itself, and Python objects, are not
+  seen; process RSS is not used (its high-water mark cannot be reset, and freed memory
+  is kept by the C allocator).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -120,13 +121,18 @@ def peak_allocated_bytes(call: Callable[[], object], device: torch.device | str)
         return torch.cuda.max_memory_allocated(device) - start
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         call()
-    events = sorted(
-        (e for e in prof.events() if e.self_cpu_memory_usage != 0),
-        key=lambda e: e.time_range.start,
+    # Every allocation (+bytes) and free (-bytes) is a "[memory]" event with its own time
+    # stamp. (The per-operator summaries of prof.events() net the frees made inside an
+    # operator against its allocations at the operator's start, which hides the peak of
+    # a custom autograd Function's loop.)
+    allocations = sorted(
+        (e.start_ns(), e.nbytes())
+        for e in prof.profiler.kineto_results.events()  # type: ignore[union-attr]
+        if e.name() == "[memory]" and e.device_type() == DeviceType.CPU
     )
     running = peak = 0
-    for event in events:
-        running += event.self_cpu_memory_usage
+    for _, n_bytes in allocations:
+        running += n_bytes
         peak = max(peak, running)
     return peak
 

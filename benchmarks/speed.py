@@ -71,7 +71,7 @@ class Preset:
     """Width of the Gaussian data in section 5."""
     ablation_sae_steps: int = 300
     """Training steps of the toy SAE that reconstructs the toy-model activations."""
-    step_repeats: int = 5
+    step_repeats: int = 9
     """Timed repeats in section 1."""
     repeats: int = 3
     """Timed repeats in sections 2 and 3."""
