@@ -142,9 +142,9 @@ def memory_measure_note(device: torch.device | str) -> str:
     if torch.device(device).type == "cuda":
         return "peak = torch.cuda.max_memory_allocated during the call, minus the allocated bytes at its start"
     return (
-        "peak = maximum running sum of torch CPU allocation/free events recorded by "
-        "torch.profiler (profile_memory=True) during the call; scratch memory allocated and "
-        "freed inside one operator is not seen"
+        "peak = maximum running sum, in time order, of the allocation/free events of torch's CPU "
+        "allocator recorded by torch.profiler (profile_memory=True) during the call, above the level "
+        "at its start; memory that a library (oneDNN, MKL) allocates itself is not seen"
     )
 
 
