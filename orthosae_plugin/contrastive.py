@@ -12,12 +12,15 @@ batch (InfoNCE with the positives on the diagonal):
 ``P`` is a fixed Gaussian ``(d_in, k)`` matrix with entries ``N(0, 1/k)``. Without it
 (``projection_DK=None``) the similarities are exact cosines (the experiment's SS-COSAE
 baseline). Projecting costs ``O(B d_in k)`` and the similarity matrix ``O(B^2 k)``
-instead of ``O(B^2 d_in)``, and only ``(B, k)`` tensors are kept for backward.
+instead of ``O(B^2 d_in)``, and only ``(B, k)`` tensors are kept for backward: the
+InfoNCE is computed block by block of whole rows of ``S``, with its gradient finished in
+the same pass, so no ``(B, B)`` tensor outlives a block.
 """
 
 from __future__ import annotations
 
 import torch
+from torch.autograd.function import once_differentiable
 from torch.nn import functional as F
 
 
@@ -48,11 +51,50 @@ def embed_for_similarity(
     return F.normalize(centred_BD, dim=-1)
 
 
+class _BlockwiseInfoNCE(torch.autograd.Function):
+    """``mean_b [logsumexp_j S_bj - S_bb]`` with ``S = z_hat z^T / temperature``.
+
+    ``z`` (the embedded inputs) is a constant. Each block of rows of ``S`` holds whole
+    rows, so the forward pass finishes their softmax there and then, and computes the
+    gradient with respect to ``z_hat`` at once: ``dL/dz_hat = (softmax(S) - I) z / (B T)``.
+    Only that ``(B, k)`` gradient is kept for backward (nothing is recomputed, and no
+    ``(B, B)`` tensor outlives a block). Computed in at least float32.
+    """
+
+    @staticmethod
+    def forward(ctx, z_hat_BK: torch.Tensor, z_BK: torch.Tensor, temperature: float, block_size: int) -> torch.Tensor:  # type: ignore[override]
+        batch_size = z_hat_BK.shape[0]
+        acc_dtype = torch.promote_types(z_hat_BK.dtype, torch.float32)
+        scaled_z_hat_BK = z_hat_BK / temperature  # dividing (B, k), not each (B, B) block
+        want_grad = ctx.needs_input_grad[0]
+        grad_z_hat_BK = torch.empty_like(z_hat_BK) if want_grad else None
+        total = torch.zeros((), dtype=acc_dtype, device=z_hat_BK.device)
+        for start in range(0, batch_size, block_size):
+            sim_bB = (scaled_z_hat_BK[start : start + block_size] @ z_BK.T).to(acc_dtype)
+            lse_b = torch.logsumexp(sim_bB, dim=1)
+            rows_b = torch.arange(sim_bB.shape[0], device=sim_bB.device)
+            total += (lse_b - sim_bB[rows_b, rows_b + start]).sum()  # positives on the diagonal
+            if grad_z_hat_BK is not None:
+                softmax_bB = sim_bB.sub_(lse_b[:, None]).exp_()
+                softmax_bB[rows_b, rows_b + start] -= 1.0
+                grad_z_hat_BK[start : start + block_size] = softmax_bB.to(z_BK.dtype) @ z_BK
+        if grad_z_hat_BK is not None:
+            ctx.save_for_backward(grad_z_hat_BK.div_(batch_size * temperature))
+        return total / batch_size
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        (grad_z_hat_BK,) = ctx.saved_tensors
+        return grad_z_hat_BK * grad_out.to(grad_z_hat_BK.dtype), None, None, None
+
+
 def self_contrastive_loss(
     x_BD: torch.Tensor,
     x_hat_BD: torch.Tensor,
     temperature: float,
     projection_DK: torch.Tensor | None = None,
+    block_size: int = 1024,
 ) -> torch.Tensor:
     """InfoNCE of reconstructions against their own inputs, positives on the diagonal.
 
@@ -61,6 +103,8 @@ def self_contrastive_loss(
         x_hat_BD: the reconstructions, ``(B, d_in)``; the gradient flows through these.
         temperature: divides the cosine similarities; must be > 0.
         projection_DK: the fixed ``(d_in, k)`` projection, or None for exact cosines.
+        block_size: rows of the ``(B, B)`` similarity matrix computed at a time; changes
+            memory, not the result.
     """
     batch_size = x_BD.shape[0]
     if batch_size < 2:
@@ -70,10 +114,10 @@ def self_contrastive_loss(
         )
     if temperature <= 0:
         raise ValueError(f"temperature={temperature} is invalid: it must be > 0")
+    if block_size < 1:
+        raise ValueError(f"block_size={block_size} is invalid: it must be >= 1")
     x_BD = x_BD.detach()
     centre_D = x_BD.mean(dim=0)
     z_BK = embed_for_similarity(x_BD, centre_D, projection_DK)
     z_hat_BK = embed_for_similarity(x_hat_BD, centre_D, projection_DK)
-    sim_BB = z_hat_BK @ z_BK.T / temperature
-    labels_B = torch.arange(batch_size, device=x_BD.device)
-    return F.cross_entropy(sim_BB.float(), labels_B)
+    return _BlockwiseInfoNCE.apply(z_hat_BK, z_BK, float(temperature), int(block_size))  # type: ignore[no-any-return]

@@ -56,9 +56,11 @@ from typing_extensions import override
 from orthosae_plugin.contrastive import make_projection, self_contrastive_loss
 from orthosae_plugin.orthogonality import (
     ORTHO_MODES,
+    close_pair_scan,
     decoder_pair_stats,
     ortho_penalty_chunked,
     ortho_penalty_exact,
+    ortho_penalty_pairs,
     ortho_threshold,
 )
 
@@ -155,16 +157,36 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     runner config with the run's real number of training steps
     (training_tokens // train_batch_size_tokens)."""
 
-    ortho_mode: Literal["exact", "chunked"] = "exact"
-    """'exact': all pairs, blockwise, O(ortho_block_size * d_sae) memory in forward and
-    backward. 'chunked': OrtSAE-style, only pairs inside random chunks of
-    ortho_chunk_size latents, a new permutation every step (cost linear in d_sae)."""
+    ortho_mode: Literal["exact", "chunked", "close_pairs"] = "close_pairs"
+    """'close_pairs' (default): the exact loss at a cost proportional to the number of
+    close pairs: every ortho_rescan_every steps a blockwise scan lists the pairs whose
+    |cos| exceeds the threshold minus ortho_margin, and in between only those pairs are
+    computed. It equals 'exact' as long as no unlisted pair's |cos| rises by more than
+    ortho_margin between two scans; while the list would hold more than
+    ortho_max_pair_fraction of all pairs, the step computes the exact term instead.
+    'exact': all pairs every step, blockwise, O(ortho_block_size * d_sae) memory in
+    forward and backward (about doubles a step's cost at d_sae = 4096, batch 2048).
+    'chunked': OrtSAE-style, only pairs inside random chunks of ortho_chunk_size
+    latents, a new permutation every step (cost linear in d_sae)."""
 
     ortho_block_size: int = 1024
     """Rows of the cosine matrix computed at a time (memory knob; does not change the loss)."""
 
     ortho_chunk_size: int = 4096
     """Latents per chunk in 'chunked' mode (>= 2); changes which pairs are penalised."""
+
+    ortho_margin: float = 0.05
+    """'close_pairs': how far below the threshold a pair's |cos| may lie and still be
+    listed, in [0, 1]. Larger: longer lists, safer against pairs that move between scans
+    (benchmarks/results/speed measures the loss against 'exact' along a training run)."""
+
+    ortho_rescan_every: int = 10
+    """'close_pairs': steps between two scans of all pairs (>= 1; 1 scans every step)."""
+
+    ortho_max_pair_fraction: float = 0.05
+    """'close_pairs': largest share of the d_sae (d_sae - 1) ordered pairs the list may
+    hold, in (0, 1]. Above it the step computes the exact blockwise term instead (the
+    same loss; dense kernels are then the faster way, and the list is never built)."""
 
     contrastive_coefficient: float = 0.3
     """Final weight of the self-contrastive loss (>= 0; 0 turns it off)."""
@@ -263,6 +285,12 @@ def _validate(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
         raise bad("ortho_block_size", cfg.ortho_block_size, "it must be >= 1")
     if cfg.ortho_chunk_size < 2:
         raise bad("ortho_chunk_size", cfg.ortho_chunk_size, "a chunk needs >= 2 latents to hold a pair")
+    if not 0.0 <= cfg.ortho_margin <= 1.0:
+        raise bad("ortho_margin", cfg.ortho_margin, "a |cosine| margin must lie in [0, 1]")
+    if cfg.ortho_rescan_every < 1:
+        raise bad("ortho_rescan_every", cfg.ortho_rescan_every, "it must be >= 1 step")
+    if not 0.0 < cfg.ortho_max_pair_fraction <= 1.0:
+        raise bad("ortho_max_pair_fraction", cfg.ortho_max_pair_fraction, "a share of pairs must lie in (0, 1]")
     if cfg.ortho_anneal_steps is not None and cfg.ortho_anneal_steps < 1:
         raise bad("ortho_anneal_steps", cfg.ortho_anneal_steps, "it must be >= 1, or None to use the run's total steps")
     if cfg.contrastive_warm_up_steps < 0:
@@ -363,7 +391,11 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     Buffers (saved in training checkpoints, dropped from the inference model):
     ``projection`` ``(d_in, k)`` when ``projection_dim`` is set, and ``n_steps_trained``,
     the clock of the threshold schedule and of the chunk permutations, written to the
-    inference model's metadata as ``training_steps``.
+    inference model's metadata as ``training_steps``. In 'close_pairs' mode, two
+    non-persistent buffers hold the close-pair list, ``ortho_close_pairs`` ``(P, 2)``
+    (None until a scan, or while the list would be over-full), and ``ortho_scan_step``,
+    the step of the last scan (-1: none). A checkpoint does not carry them: the first
+    step after construction, resume or ``load_state_dict`` scans again.
 
     Why a clock of its own rather than ``step_input.n_training_steps``: SAELens writes a
     checkpoint after a step's optimizer and coefficient-scheduler updates but before it
@@ -376,6 +408,8 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     cfg: OrthoContrastiveTrainingSAEConfig  # type: ignore[assignment]
     projection: torch.Tensor | None
     n_steps_trained: torch.Tensor
+    ortho_close_pairs: torch.Tensor | None
+    ortho_scan_step: torch.Tensor
 
     _state_updated_by_base_step: ClassVar[tuple[str, ...]] = ()
     """Buffers that the base's own ``training_forward_pass`` updates (BatchTopK's
@@ -403,6 +437,11 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         self.register_buffer(
             "n_steps_trained", torch.zeros((), dtype=torch.long, device=self.device)
         )
+        self.register_buffer("ortho_close_pairs", None, persistent=False)
+        self.register_buffer(
+            "ortho_scan_step", torch.full((), -1, dtype=torch.long, device=self.device), persistent=False
+        )
+        self.register_load_state_dict_post_hook(_forget_close_pairs)
 
     @override
     def get_coefficients(self) -> dict[str, float | TrainCoefficientConfig]:
@@ -468,7 +507,12 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
 
     def _ortho_penalty(self, tau: float, step: int) -> torch.Tensor:
         D_nd = self.unit_decoder()
-        if self.cfg.ortho_mode == "exact":
+        if self.cfg.ortho_mode == "close_pairs":
+            pairs_P2 = self._close_pairs_at(step, D_nd.detach())
+            if pairs_P2 is not None:
+                return ortho_penalty_pairs(D_nd, tau, pairs_P2)
+            # Too many close pairs for a list: the same loss, computed densely.
+        if self.cfg.ortho_mode != "chunked":
             return ortho_penalty_exact(D_nd, tau, self.cfg.ortho_block_size)
         # A permutation that depends only on (seed, step), so a resumed run draws the same ones.
         generator = torch.Generator(device="cpu").manual_seed(
@@ -477,6 +521,34 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         return ortho_penalty_chunked(
             D_nd, tau, self.cfg.ortho_chunk_size, generator, self.cfg.ortho_block_size
         )
+
+    def _close_pairs_at(self, step: int, D_nd: torch.Tensor) -> torch.Tensor | None:
+        """The close-pair list serving ``step``; None while it would be over-full.
+
+        Scans when no scan serves ``step``: after construction or a state-dict load, and
+        on the schedule of :meth:`_next_scan_after`. A list serves the steps up to the
+        next scheduled one, so it holds the pairs above the lowest threshold of those
+        steps minus ``ortho_margin`` (the threshold only decreases).
+        """
+        scan_step = int(self.ortho_scan_step.item())
+        if not 0 <= scan_step <= step < self._next_scan_after(scan_step):
+            n = D_nd.shape[0]
+            self.ortho_close_pairs = close_pair_scan(
+                D_nd,
+                self.ortho_threshold_at(self._next_scan_after(step) - 1) - self.cfg.ortho_margin,
+                self.cfg.ortho_block_size,
+                max_pairs=int(self.cfg.ortho_max_pair_fraction * n * (n - 1)),
+            )
+            self.ortho_scan_step.fill_(step)
+        return self.ortho_close_pairs
+
+    def _next_scan_after(self, step: int) -> int:
+        """Scans at steps 1, 2, 4, 8, ... below ``ortho_rescan_every`` (directions move
+        fastest right after initialisation), then at its multiples."""
+        every = self.cfg.ortho_rescan_every
+        if step < every:
+            return min(1 << step.bit_length(), every)
+        return (step // every + 1) * every
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
@@ -662,6 +734,16 @@ def _class_for_base(cls: type, root: type, args: tuple[Any, ...], kwargs: dict[s
     cfg = args[0] if args else kwargs["cfg"]
     per_base = _TRAINING_CLASS_PER_BASE if root is OrthoContrastiveTrainingSAE else _INFERENCE_CLASS_PER_BASE
     return per_base[cfg.sparsity_base]
+
+
+def _forget_close_pairs(sae: OrthoContrastiveTrainingSAE, incompatible_keys: Any) -> None:
+    """Load-state-dict hook: new weights make the close-pair list stale; scan at the next step.
+
+    The scan step is recreated rather than filled: SAELens's ``load_from_disk`` builds the
+    module on the meta device and assigns the loaded tensors, and this non-persistent
+    buffer is not among them."""
+    sae.ortho_scan_step = torch.full((), -1, dtype=torch.long, device=sae.W_dec.device)
+    sae.ortho_close_pairs = None
 
 
 def _partial(path: Path) -> Path:

@@ -13,6 +13,12 @@ fp32 at ``n = 65536``, so nothing here ever materialises it whole.
 - :func:`ortho_penalty_chunked`: OrtSAE-style (arXiv 2509.22033). A random permutation
   of the latents is cut into chunks and only pairs inside a chunk count. Normalised by
   the number of in-chunk pairs, its expectation over permutations equals the exact mean.
+- :func:`close_pair_scan` and :func:`ortho_penalty_pairs`: the exact penalty at a cost
+  proportional to the number of close pairs. The penalty is zero on every pair with
+  ``|C_ij| <= tau``, so a blockwise scan that lists the pairs above ``tau - margin`` finds
+  every pair that can contribute until one of them moves by more than ``margin``; between
+  scans, only the listed pairs are computed (a sampled dense-dense product and a sparse
+  product, ``O(P * d_in)`` for ``P`` listed pairs).
 - :func:`decoder_pair_stats`: the max |cos| and the share of pairs above ``tau``, for
   logging.
 """
@@ -20,11 +26,12 @@ fp32 at ``n = 65536``, so nothing here ever materialises it whole.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 from torch.nn import functional as F
 
-ORTHO_MODES = ("exact", "chunked")
+ORTHO_MODES = ("exact", "chunked", "close_pairs")
 
 
 def ortho_threshold(step: int, start: float, end: float, horizon: int) -> float:
@@ -116,13 +123,121 @@ def ortho_penalty_chunked(
     perm = torch.randperm(n, generator=generator, device=generator.device).to(D_nd.device)
     total = D_nd.sum() * 0.0
     n_pairs = 0
-    for chunk in perm.split(chunk_size):
-        c = chunk.numel()
+    # One gather and one split: their backward passes each touch (n, d_in) once. Indexing
+    # D_nd once per chunk would scatter a full (n, d_in) gradient per chunk (O(n^2 / c)).
+    for chunk_cd in D_nd[perm].split(chunk_size):
+        c = chunk_cd.shape[0]
         if c < 2:
             continue
-        total = total + thresholded_cosine_squared_sum(D_nd[chunk], tau, block_size)
+        total = total + thresholded_cosine_squared_sum(chunk_cd, tau, block_size)
         n_pairs += c * (c - 1)
     return total / max(n_pairs, 1)
+
+
+@torch.no_grad()
+def close_pair_scan(
+    D_nd: torch.Tensor,
+    threshold: float,
+    block_size: int = 1024,
+    max_pairs: int | None = None,
+) -> torch.Tensor | None:
+    """Every ordered pair ``(i, j)``, ``i != j``, with ``|C_ij| > threshold``, blockwise.
+
+    Returns an int32 ``(P, 2)`` tensor holding both ``(i, j)`` and ``(j, i)``, sorted by
+    ``i`` then ``j`` (the row-major order of a CSR matrix), or None as soon as more than
+    ``max_pairs`` ordered pairs are found (so an over-full list is never built). Only
+    the upper triangle of ``C`` is computed (``n^2 d_in`` multiply-adds); memory is
+    ``O(block_size * n)`` plus the list. A negative threshold is treated as 0: a pair
+    with ``C_ij = 0`` cannot contribute to the penalty.
+    """
+    n = D_nd.shape[0]
+    if n > torch.iinfo(torch.int32).max:
+        raise ValueError(f"d_sae={n} is invalid for the close-pair list: it must be < 2^31")
+    threshold = max(float(threshold), 0.0)
+    upper: list[torch.Tensor] = []
+    n_found = 0
+    for start in range(0, n, block_size):
+        stop = min(start + block_size, n)
+        C_bm = D_nd[start:stop] @ D_nd[start:].T  # rows start:stop, columns j >= start
+        # strictly above the diagonal: local column c > local row r, i.e. j > i
+        close_bm = torch.triu(C_bm.abs() > threshold, diagonal=1)
+        pairs_U2 = close_bm.nonzero() + start
+        n_found += 2 * pairs_U2.shape[0]
+        if max_pairs is not None and n_found > max_pairs:
+            return None
+        upper.append(pairs_U2.int())
+    pairs_U2 = torch.cat(upper) if upper else D_nd.new_zeros((0, 2), dtype=torch.int32)
+    pairs_P2 = torch.cat([pairs_U2, pairs_U2.flip(1)])
+    order_P = torch.argsort(pairs_P2[:, 0].long() * n + pairs_P2[:, 1].long())
+    return pairs_P2[order_P]
+
+
+def _pair_csr(pairs_P2: torch.Tensor, n: int, values_P: torch.Tensor) -> torch.Tensor:
+    """The ``(n, n)`` CSR matrix with ``values_P`` at the row-sorted ``pairs_P2``."""
+    crow_N1 = torch.zeros(n + 1, dtype=pairs_P2.dtype, device=pairs_P2.device)
+    crow_N1[1:] = torch.bincount(pairs_P2[:, 0], minlength=n).cumsum(0)
+    with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.sparse_csr_tensor(
+            crow_N1, pairs_P2[:, 1].contiguous(), values_P, (n, n), check_invariants=False
+        )
+
+
+def _pair_cosines(D_nd: torch.Tensor, pairs_P2: torch.Tensor) -> torch.Tensor:
+    """``C_ij`` for each listed pair, ``(P,)``: a sampled dense-dense product (SDDMM)."""
+    mask_nn = _pair_csr(pairs_P2, D_nd.shape[0], D_nd.new_zeros(pairs_P2.shape[0]))
+    return torch.sparse.sampled_addmm(mask_nn, D_nd, D_nd.T, beta=0.0).values()
+
+
+class _PairThresholdedCosineSquaredSum(torch.autograd.Function):
+    """``sum_{(i, j) in pairs} relu(|C_ij| - tau)^2`` for a symmetric, row-sorted list.
+
+    Forward keeps ``D`` and the ``P`` listed cosines; backward is ``2 G D`` with ``G`` the
+    sparse matrix of ``2 sign(C_ij) relu(|C_ij| - tau)`` on the listed pairs (symmetric
+    because the list holds both ``(i, j)`` and ``(j, i)``). Memory ``O(n * d_in + P)``.
+    """
+
+    @staticmethod
+    def forward(ctx, D_nd: torch.Tensor, pairs_P2: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        C_P = _pair_cosines(D_nd, pairs_P2)
+        ctx.save_for_backward(D_nd, pairs_P2, C_P)
+        ctx.tau = tau
+        acc_dtype = torch.promote_types(C_P.dtype, torch.float32)
+        return F.relu(C_P.abs() - tau).to(acc_dtype).pow(2).sum().to(D_nd.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
+        D_nd, pairs_P2, C_P = ctx.saved_tensors
+        G_P = 2.0 * torch.sign(C_P) * F.relu(C_P.abs() - ctx.tau)
+        grad_nd = 2.0 * (_pair_csr(pairs_P2, D_nd.shape[0], G_P) @ D_nd)
+        return grad_nd * grad_out.to(D_nd.dtype), None, None
+
+
+def ortho_penalty_pairs(D_nd: torch.Tensor, tau: float, pairs_P2: torch.Tensor) -> torch.Tensor:
+    """The exact penalty's terms over the listed pairs only, divided by ``n (n - 1)``.
+
+    Equals :func:`ortho_penalty_exact` whenever every pair with ``|C_ij| > tau`` is in
+    the list (pairs left out then contribute 0 to both).
+
+    Args:
+        D_nd: decoder directions with unit-norm rows, ``(n, d_in)``.
+        tau: threshold in ``[0, 1]``.
+        pairs_P2: ordered pairs as :func:`close_pair_scan` returns them: both ``(i, j)``
+            and ``(j, i)``, sorted by ``i`` then ``j``. The gradient relies on that
+            symmetry.
+    """
+    if pairs_P2.ndim != 2 or pairs_P2.shape[1] != 2:
+        raise ValueError(
+            f"pairs_P2 of shape {tuple(pairs_P2.shape)} is invalid: it must be (P, 2), "
+            "as close_pair_scan returns it"
+        )
+    n = D_nd.shape[0]
+    if n < 2 or pairs_P2.shape[0] == 0:
+        return D_nd.sum() * 0.0
+    # Sparse kernels have no half-precision CPU path; the term is accumulated in fp32.
+    D32_nd = D_nd.float() if D_nd.dtype in (torch.float16, torch.bfloat16) else D_nd
+    total = _PairThresholdedCosineSquaredSum.apply(D32_nd, pairs_P2, float(tau))
+    return (total / (n * (n - 1))).to(D_nd.dtype)  # type: ignore[union-attr]
 
 
 @torch.no_grad()

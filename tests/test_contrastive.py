@@ -47,6 +47,43 @@ def test_loss_and_gradient_match_the_naive_reference(k, temperature):
     assert_close(xh1.grad, xh2.grad)
 
 
+@pytest.mark.parametrize("k", [None, 4])
+@pytest.mark.parametrize("block_size", [1, 5, 12, 1000])
+def test_block_size_changes_nothing_but_memory(k, block_size):
+    x, x_hat = batch()
+    P = None if k is None else make_projection(20, k, seed=3, dtype=torch.float64)
+    xh1 = x_hat.clone().requires_grad_(True)
+    xh2 = x_hat.clone().requires_grad_(True)
+    got = self_contrastive_loss(x, xh1, 0.1, P, block_size=block_size)
+    want = naive_contrastive_loss(x, xh2, 0.1, P)
+    got.backward()
+    want.backward()
+    assert_close(got.double(), want)
+    assert_close(xh1.grad, xh2.grad)
+
+
+def test_the_loss_is_the_same_without_a_gradient():
+    x, x_hat = batch()
+    with_grad = self_contrastive_loss(x, x_hat.clone().requires_grad_(True), 0.1, block_size=5)
+    with torch.no_grad():
+        without = self_contrastive_loss(x, x_hat, 0.1, block_size=5)
+    assert_close(without, with_grad.detach())
+
+
+def test_no_batch_by_batch_tensor_is_kept_for_backward():
+    B, d, k = 64, 20, 4
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(B, d, generator=g)
+    x_hat = (x + 0.1 * torch.randn(B, d, generator=g)).requires_grad_(True)
+    P = make_projection(d, k, seed=0)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        self_contrastive_loss(x, x_hat, 0.1, P, block_size=16).backward()
+    assert saved, "the autograd graph saved nothing, so this test checks nothing"
+    assert all(math.prod(shape) < B * B for shape in saved), saved
+    assert x_hat.grad is not None
+
+
 def test_no_gradient_flows_into_the_inputs():
     x, x_hat = batch()
     x.requires_grad_(True)
@@ -83,3 +120,9 @@ def test_non_positive_temperature_is_refused():
     x, x_hat = batch()
     with pytest.raises(ValueError, match="temperature=0 .* > 0"):
         self_contrastive_loss(x, x_hat, 0)
+
+
+def test_non_positive_block_size_is_refused():
+    x, x_hat = batch()
+    with pytest.raises(ValueError, match="block_size=0 .* >= 1"):
+        self_contrastive_loss(x, x_hat, 0.1, block_size=0)

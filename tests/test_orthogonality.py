@@ -4,12 +4,15 @@ import math
 
 import pytest
 import torch
+from torch.nn import functional as F
 from torch.testing import assert_close
 
 from orthosae_plugin.orthogonality import (
+    close_pair_scan,
     decoder_pair_stats,
     ortho_penalty_chunked,
     ortho_penalty_exact,
+    ortho_penalty_pairs,
     ortho_threshold,
 )
 
@@ -145,3 +148,107 @@ def test_pair_stats_match_the_dense_matrix():
     max_abs, frac = decoder_pair_stats(D, 0.2, block_size=5)
     assert max_abs == pytest.approx(C[off].max().item())
     assert frac == pytest.approx((C[off] > 0.2).float().mean().item())
+
+
+# --- close-pair list ---------------------------------------------------------------
+
+
+def dense_close_pairs(D_nd: torch.Tensor, threshold: float) -> set[tuple[int, int]]:
+    """Every ordered pair i != j with |cos_ij| > threshold, from the full n x n matrix."""
+    C_nn = D_nd @ D_nd.T
+    n = D_nd.shape[0]
+    return {(i, j) for i in range(n) for j in range(n) if i != j and abs(C_nn[i, j].item()) > threshold}
+
+
+def naive_pair_penalty(D_nd: torch.Tensor, tau: float, pairs: list[tuple[int, int]]) -> torch.Tensor:
+    """sum over the listed ordered pairs of relu(|cos_ij| - tau)^2, divided by n (n - 1)."""
+    n = D_nd.shape[0]
+    total = D_nd.sum() * 0.0
+    for i, j in pairs:
+        total = total + torch.relu(torch.dot(D_nd[i], D_nd[j]).abs() - tau) ** 2
+    return total / (n * (n - 1))
+
+
+@pytest.mark.parametrize("block_size", [1, 7, 1000])
+@pytest.mark.parametrize("threshold", [0.0, 0.2, 0.5])
+def test_scan_lists_every_ordered_pair_above_the_threshold_sorted_by_row(block_size, threshold):
+    D = random_unit_decoder(40, 12)
+    pairs = close_pair_scan(D, threshold, block_size)
+    listed = [tuple(p) for p in pairs.tolist()]
+    assert pairs.shape[1] == 2
+    assert listed == sorted(listed)  # row-major, as a CSR matrix wants
+    assert set(listed) == dense_close_pairs(D, threshold)
+    assert len(set(listed)) == len(listed)
+    assert len(listed) > 0
+
+
+def test_scan_gives_up_as_soon_as_the_list_would_exceed_max_pairs():
+    D = random_unit_decoder(40, 12)
+    n_close = len(dense_close_pairs(D, 0.2))
+    assert close_pair_scan(D, 0.2, 8, max_pairs=n_close - 1) is None
+    assert close_pair_scan(D, 0.2, 8, max_pairs=n_close).shape == (n_close, 2)
+
+
+def test_scan_of_an_orthogonal_dictionary_is_empty():
+    pairs = close_pair_scan(torch.eye(16, dtype=torch.float64), -0.5, 4)
+    assert pairs.shape == (0, 2)
+
+
+@pytest.mark.parametrize("tau", [0.0, 0.1, 0.3])
+def test_pair_penalty_equals_a_naive_sum_over_the_listed_pairs(tau):
+    D = random_unit_decoder(30, 10)
+    # a list that holds pairs below tau and misses some above: only the listed ones count
+    pairs = close_pair_scan(D, 0.2, 4)
+    as_list = [tuple(p) for p in pairs.tolist()]
+    got, got_grad = value_and_grad(lambda D: ortho_penalty_pairs(D, tau, pairs), D)
+    want, want_grad = value_and_grad(lambda D: naive_pair_penalty(D, tau, as_list), D)
+    assert want > 0
+    assert_close(got, want)
+    assert_close(got_grad, want_grad)
+
+
+def test_pair_penalty_equals_exact_until_a_pair_crosses_the_margin():
+    tau, margin = 0.3, 0.05
+    D0 = random_unit_decoder(48, 16)
+    pairs = close_pair_scan(D0, tau - margin, 16)  # the scan, then the decoder moves
+    g = torch.Generator().manual_seed(3)
+    step = torch.randn(D0.shape, generator=g, dtype=torch.float64)
+    moved = lambda size: F.normalize(D0 + size * step, dim=1)  # noqa: E731
+    max_move = lambda D: (D @ D.T - D0 @ D0.T).abs().max().item()  # noqa: E731
+
+    small = moved(0.005)
+    assert max_move(small) < margin  # no pair has crossed the margin
+    got, got_grad = value_and_grad(lambda D: ortho_penalty_pairs(D, tau, pairs), small)
+    want, want_grad = value_and_grad(lambda D: ortho_penalty_exact(D, tau, 16), small)
+    assert want > 0
+    assert_close(got, want)
+    assert_close(got_grad, want_grad)
+
+    large = moved(0.2)  # pairs outside the list now exceed tau: the stale list misses them
+    assert max_move(large) > margin
+    assert ortho_penalty_pairs(large, tau, pairs) < ortho_penalty_exact(large, tau, 16)
+
+
+def test_pair_penalty_over_an_empty_list_is_zero_with_a_zero_gradient():
+    D = random_unit_decoder(10, 4)
+    loss, grad = value_and_grad(lambda D: ortho_penalty_pairs(D, 0.1, close_pair_scan(D, 2.0)), D)
+    assert loss.item() == 0.0
+    assert torch.count_nonzero(grad) == 0
+
+
+def test_pair_penalty_keeps_only_the_decoder_and_per_pair_values_for_backward():
+    n, d = 64, 8
+    D = random_unit_decoder(n, d).float().requires_grad_(True)
+    pairs = close_pair_scan(D.detach(), 0.1, 16)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        ortho_penalty_pairs(D, 0.2, pairs).backward()
+    assert saved, "the autograd graph saved nothing, so this test checks nothing"
+    # D itself, the (P, 2) list and the P cosines: nothing of size n x n, nothing P x d
+    assert all(math.prod(shape) <= max(n * d, pairs.numel()) for shape in saved), saved
+    assert pairs.shape[0] < n * (n - 1)
+
+
+def test_pair_penalty_refuses_a_list_that_is_not_p_by_2():
+    with pytest.raises(ValueError, match=r"pairs_P2 of shape \(5,\) is invalid: it must be \(P, 2\)"):
+        ortho_penalty_pairs(torch.eye(4), 0.1, torch.zeros(5, dtype=torch.long))

@@ -1,0 +1,259 @@
+"""Markdown tables and PNG plots from the results of ``benchmarks.speed``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def _mb(n_bytes: float | None) -> str:
+    return "-" if n_bytes is None else f"{n_bytes / 2**20:,.1f}"
+
+
+def _t(timing: dict[str, float]) -> str:
+    return f"{timing['median_s']:.4g} [{timing['q25_s']:.3g}, {timing['q75_s']:.3g}]"
+
+
+def _x(timing: dict[str, float]) -> str:
+    return f"{timing['median_s']:.3f} [{timing['q25_s']:.3f}, {timing['q75_s']:.3f}]"
+
+
+def _share(share: float | None) -> str:
+    if share is None:
+        return "-"
+    return "over-full (exact)" if share != share else f"{share:.3%}"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results["meta"]
+    out = [
+        "# Speed, memory and approximation benchmarks",
+        "",
+        f"Command: `{meta['command']}`  ",
+        f"Machine: {meta['machine']}; torch {meta['torch']}, {meta['threads']} thread(s); device `{meta['device']}`; "
+        f"total {meta['seconds']:.0f} s.  ",
+        f"Times: median [25th, 75th percentile] of {meta['step_repeats']} (section 1) or {meta['repeats']} (other "
+        f"sections) interleaved repeats after {meta['warmup']} warm-up round(s); "
+        "ratios are per-repeat ratios of interleaved runs, summarised the same way.  ",
+        f"Peak memory: {meta['memory_note']}. Saved for backward: bytes of the distinct storages autograd "
+        "keeps between forward and backward, other than the inputs'.  ",
+        f"Default `ortho_mode`: `{meta['default_ortho_mode']}`.",
+        "",
+        *[f"- {note}" for note in meta["sizes"]["notes"]],
+        "",
+        "## Targets",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
+    for target in results["targets"]:
+        out.append(f"| {target['target']} | {target['measured']} | {'yes' if target['met'] else 'NO'} |")
+
+    if "step" in results:
+        out += ["", "## 1. Training step: ortho_contrastive vs SAELens standard", ""]
+        for group in results["step"]:
+            shape = group["shape"]
+            out += [
+                f"`d_in={shape['d_in']}, d_sae={shape['d_sae']}, batch={shape['batch']}`",
+                "",
+                "| variant | step time (s) | ratio to standard | peak memory (MiB) | close pairs listed |",
+                "|---|---|---|---|---|",
+            ]
+            for row in group["rows"]:
+                out.append(
+                    f"| {row['variant']} | {_t(row['time'])} | {_x(row['ratio_to_standard'])} | "
+                    f"{_mb(row['peak_bytes'])} | {_share(row['listed_share'])} |"
+                )
+            out.append("")
+
+    if "contrastive" in results:
+        out += [
+            "",
+            "## 2. Contrastive term: projected vs exact similarities (forward + backward)",
+            "",
+            "| batch | d_in | variant | time (s) | speed-up vs exact | saved for backward (MiB) | exact / this | peak (MiB) | exact / this |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for group in results["contrastive"]:
+            for row in group["rows"]:
+                out.append(
+                    f"| {group['batch']} | {group['d_in']} | {row['variant']} | {_t(row['time'])} | "
+                    f"{_x(row['speedup_vs_exact'])} | {_mb(row['saved_for_backward_bytes'])} | "
+                    f"{row['saved_bytes_ratio_exact_over_this']:.1f} | {_mb(row['peak_bytes'])} | "
+                    f"{row['peak_ratio_exact_over_this']:.1f} |"
+                )
+
+    if "ortho" in results:
+        ortho = results["ortho"]
+        out += [
+            "",
+            f"## 3. Orthogonality term vs d_sae (d_in={ortho['d_in']}, forward + backward; the scan has no backward)",
+            "",
+            f"Planted decoder: groups of {ortho['group']} latents sharing a direction; tau={ortho['tau']}, "
+            f"margin={ortho['margin']}; chunk size {ortho['chunk_size']}.",
+            "",
+            "| variant | d_sae | time (s) | peak (MiB) | saved for backward (MiB) | listed pairs |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in ortho["rows"]:
+            out.append(
+                f"| {row['variant']} | {row['d_sae']} | {_t(row['time'])} | {_mb(row['peak_bytes'])} | "
+                f"{_mb(row['saved_for_backward_bytes'])} | {row['listed_pairs'] if row['listed_pairs'] is not None else '-'} |"
+            )
+        out += ["", "Fitted growth exponents (slope of log cost against log d_sae; the theory: 2 for dense, "
+                "blockwise and the scan, 1 for chunked and for a list of a fixed number of pairs per latent):", "",
+                "| variant | d_sae range | time exponent | time exponent, 3 largest sizes | peak-memory exponent |",
+                "|---|---|---|---|---|"]
+        for name, fit in ortho["exponents"].items():
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            out.append(f"| {name} | {fit['d_sae_range']} | {fmt(fit['time'])} | {fmt(fit['time_largest_3'])} | "
+                       f"{fmt(fit['peak_bytes'])} |")
+
+    if "fidelity" in results:
+        fid = results["fidelity"]
+        out += [
+            "",
+            f"## 4. close_pairs vs exact along a training run (d_in={fid['d_in']}, d_sae={fid['d_sae']}, "
+            f"batch={fid['batch']}, {fid['steps']} steps, threshold annealed 0.3 -> 0.05 over the run)",
+            "",
+            "| data | scans | steps on the list | steps over-full (exact) | median relative error | max relative error | "
+            "steps with error > 1e-3 (first) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, one in fid["runs"].items():
+            summary = one["summary"]
+            fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
+            out.append(
+                f"| synthetic, {name} | {summary['scans']} | {summary['steps_on_the_list']} | "
+                f"{summary['steps_fell_back_to_exact']} | {fmt(summary['median_relative_error'])} | "
+                f"{fmt(summary['max_relative_error'])} | {summary['steps_with_relative_error_above_1e-3']} "
+                f"({summary['first_such_step']}) |"
+            )
+
+    if "approximation" in results:
+        approx = results["approximation"]
+        out += [
+            "",
+            f"## 5. Approximation quality of the projection (batch {approx['batch']}, "
+            f"{approx['seeds']} projection seeds, temperature {approx['temperature']})",
+            "",
+            "| data | k | cos error mean | cos error std | predicted std | InfoNCE gap (proj - exact) | grad cosine |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, data in approx["data"].items():
+            for row in data["rows"]:
+                out.append(
+                    f"| {name} (d_in={data['d_in']}) | {row['k']} | {row['cos_error_mean']:+.4f} | "
+                    f"{row['cos_error_std']:.4f} | {row['predicted_cos_error_std']:.4f} | "
+                    f"{row['loss_gap']:+.4f} ± {row['loss_gap_spread']:.4f} | "
+                    f"{row['grad_cosine']:.3f} ± {row['grad_cosine_spread']:.3f} |"
+                )
+    return "\n".join(out) + "\n"
+
+
+def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """Write the PNGs; return their paths."""
+    written = []
+
+    def save(fig: Any, name: str) -> None:
+        path = out_dir / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    for i, group in enumerate(results.get("step", [])):
+        rows = group["rows"]
+        fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.2))
+        med = [r["ratio_to_standard"]["median_s"] for r in rows]
+        err = [[m - r["ratio_to_standard"]["q25_s"] for m, r in zip(med, rows)],
+               [r["ratio_to_standard"]["q75_s"] - m for m, r in zip(med, rows)]]
+        ax.barh([r["variant"] for r in rows], med, xerr=err, color="tab:blue")
+        ax.axvline(1.15, color="tab:red", linestyle="--", label="target 1.15")
+        ax.invert_yaxis()
+        ax.set_xlabel("training-step time / SAELens standard")
+        shape = group["shape"]
+        ax.set_title(f"d_in={shape['d_in']}, d_sae={shape['d_sae']}, batch={shape['batch']}")
+        ax.legend()
+        save(fig, f"step_ratio_{i}.png")
+
+    if "contrastive" in results:
+        fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+        for group in results["contrastive"]:
+            rows = [r for r in group["rows"] if r["k"] is not None]
+            exact = next(r for r in group["rows"] if r["variant"] == "exact")
+            label = f"B={group['batch']}, d_in={group['d_in']}"
+            line = ax_t.plot([r["k"] for r in rows], [r["time"]["median_s"] for r in rows], "o-", label=label)[0]
+            ax_t.axhline(exact["time"]["median_s"], color=line.get_color(), linestyle="--")
+            ax_m.plot([r["k"] for r in rows], [r["saved_for_backward_bytes"] / 2**20 for r in rows], "o-", color=line.get_color(), label=label)
+            ax_m.axhline(exact["saved_for_backward_bytes"] / 2**20, color=line.get_color(), linestyle="--")
+        for ax, ylabel in [(ax_t, "forward + backward (s)"), (ax_m, "saved for backward (MiB)")]:
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel("projection dim k (dashed: exact)")
+            ax.set_ylabel(ylabel)
+        ax_t.legend(fontsize=7)
+        save(fig, "contrastive_cost.png")
+
+    if "ortho" in results:
+        ortho = results["ortho"]
+        for key, ylabel, name in [("time", "forward + backward (s)", "ortho_time.png"), ("peak_bytes", "peak memory (MiB)", "ortho_memory.png")]:
+            fig, ax = plt.subplots(figsize=(6.5, 4.5))
+            for variant, fit in ortho["exponents"].items():
+                rows = [r for r in ortho["rows"] if r["variant"] == variant]
+                ys = [r["time"]["median_s"] if key == "time" else r["peak_bytes"] / 2**20 for r in rows]
+                slope = fit["time" if key == "time" else "peak_bytes"]
+                ax.plot([r["d_sae"] for r in rows], ys, "o-", label=f"{variant} (slope {slope:.2f})" if slope is not None else variant)
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_xlabel(f"d_sae (d_in={ortho['d_in']})")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+            save(fig, name)
+
+    if "fidelity" in results:
+        fig, (ax_share, ax_err) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True)
+        for name, one in results["fidelity"]["runs"].items():
+            steps = [r["step"] for r in one["rows"]]
+            share = [r["listed_share"] if r["listed_share"] is not None else float("nan") for r in one["rows"]]
+            line = ax_share.plot(steps, share, label=f"{name}: listed share (gap: over-full, exact)")[0]
+            ax_err.plot(steps, [max(r["relative_error"], 1e-12) for r in one["rows"]], color=line.get_color(), label=name)
+        ax_share.axhline(results["fidelity"]["runs"][name]["max_pair_fraction"], color="grey", linestyle=":",
+                         label="ortho_max_pair_fraction")
+        ax_share.set_ylabel("share of pairs listed")
+        ax_share.legend(fontsize=7)
+        ax_err.set_yscale("log")
+        ax_err.set_ylabel("|close_pairs - exact| / exact")
+        ax_err.set_xlabel("training step")
+        ax_err.legend(fontsize=7)
+        save(fig, "close_pairs_fidelity.png")
+
+    if "approximation" in results:
+        data = results["approximation"]["data"]
+        for key, ylabel, name in [
+            ("cos_error_std", "std of projected - exact cosine", "ablation_cos_error.png"),
+            ("loss_gap", "InfoNCE(projected) - InfoNCE(exact)", "ablation_infonce_gap.png"),
+            ("grad_cosine", "cos(grad projected, grad exact) wrt x_hat", "ablation_grad_cosine.png"),
+        ]:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            for label, d in data.items():
+                rows = d["rows"]
+                ks = [r["k"] for r in rows]
+                line = ax.errorbar(ks, [r[key] for r in rows], yerr=[r[key + "_spread"] for r in rows], marker="o",
+                                   capsize=3, label=f"{label} (d_in={d['d_in']})")
+                if key == "cos_error_std":
+                    ax.plot(ks, [r["predicted_cos_error_std"] for r in rows], "--", color=line[0].get_color(),
+                            label=f"{label}: sqrt(mean((1-rho^2)^2)/k)")
+                if key == "cos_error_std":
+                    ax.set_yscale("log")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("projection dim k")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+            save(fig, name)
+    return written
