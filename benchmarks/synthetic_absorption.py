@@ -109,6 +109,10 @@ class Arm:
             # The spec'd warm-up (1000 steps) is written for LLM-length runs; here it is
             # scaled to the run, so that the weight reaches its value early on.
             kwargs.setdefault("contrastive_warm_up_steps", min(1000, steps // 5))
+            # The committed results were computed in 'exact' mode; pinned so that this
+            # command reproduces them now that 'close_pairs' is the default (it gives the
+            # same loss unless a pair crosses the margin between two scans).
+            kwargs.setdefault("ortho_mode", "exact")
         _, cfg_cls = get_sae_training_class(self.architecture)
         return cfg_cls(d_in=d_in, d_sae=d_sae, **kwargs)
 
