@@ -65,7 +65,7 @@ def _one_run(d_in: int, d_sae: int, batch: int, steps: int, offset: float, devic
         out = sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x_BD,
-                coefficients={"l1": cfg.l1_coefficient, "ortho": 1.0,
+                coefficients={"l1": cfg.l1_coefficient, "ortho": cfg.ortho_coefficient,
                               "contrastive": cfg.contrastive_coefficient * min(1.0, step / max(cfg.contrastive_warm_up_steps, 1))},
                 dead_neuron_mask=None,
                 n_training_steps=step,

@@ -1,6 +1,7 @@
 """Speed, memory and approximation benchmarks of ``ortho_contrastive`` (issue #5).
 
     python -m benchmarks.speed                       # CPU sizes, a few minutes
+    python -m benchmarks.speed --threads 1           # steadier ratios on a shared CPU
     python -m benchmarks.speed --device cuda         # GPU sizes (Gemma-2-2B widths)
 
 Writes ``results.json``, ``results.md`` and PNG plots under
@@ -11,7 +12,8 @@ Writes ``results.json``, ``results.md`` and PNG plots under
 3. the orthogonality term against ``d_sae`` (``benchmarks.ortho_scaling``);
 4. the 'close_pairs' orthogonality mode (timed inside 1 and 3) against 'exact' along a
    training run (``benchmarks.close_pairs_fidelity``);
-5. the projection's approximation quality against ``k`` (``benchmarks.approximation``).
+5. the projection's approximation quality against ``k`` (``benchmarks.approximation``; on
+   CPU whatever the device: it is small).
 """
 
 from __future__ import annotations

@@ -100,7 +100,8 @@ def threshold_for_listed_share(sae: OrthoContrastiveTrainingSAE, share: float) -
     n = D_nd.shape[0]
     rows = min(n, max(1, 2**22 // n))
     abs_C = (D_nd[:rows] @ D_nd.T).abs()
-    abs_C[torch.arange(rows), torch.arange(rows)] = -1.0  # self-pairs never count
+    diagonal_r = torch.arange(rows, device=D_nd.device)
+    abs_C[diagonal_r, diagonal_r] = -1.0  # self-pairs never count
     values, _ = abs_C.flatten().sort()
     n_pairs = rows * (n - 1)
     return values[rows + int((1.0 - share) * (n_pairs - 1))].item()

@@ -45,10 +45,10 @@ def embed_for_similarity(
     v_BD: torch.Tensor, centre_D: torch.Tensor, projection_DK: torch.Tensor | None
 ) -> torch.Tensor:
     """``normalize((v - c) P)``, or ``normalize(v - c)`` without a projection."""
-    centred_BD = v_BD - centre_D
-    if projection_DK is not None:
-        centred_BD = centred_BD @ projection_DK  # (B, k)
-    return F.normalize(centred_BD, dim=-1)
+    if projection_DK is None:
+        return F.normalize(v_BD - centre_D, dim=-1)
+    # (v - c) P = v P - c P: the centring is a (B, k) subtraction instead of a (B, d_in) one.
+    return F.normalize(v_BD @ projection_DK - centre_D @ projection_DK, dim=-1)  # (B, k)
 
 
 class _BlockwiseInfoNCE(torch.autograd.Function):
@@ -70,14 +70,17 @@ class _BlockwiseInfoNCE(torch.autograd.Function):
         grad_z_hat_BK = torch.empty_like(z_hat_BK) if want_grad else None
         total = torch.zeros((), dtype=acc_dtype, device=z_hat_BK.device)
         for start in range(0, batch_size, block_size):
-            sim_bB = (scaled_z_hat_BK[start : start + block_size] @ z_BK.T).to(acc_dtype)
-            lse_b = torch.logsumexp(sim_bB, dim=1)
-            rows_b = torch.arange(sim_bB.shape[0], device=sim_bB.device)
-            total += (lse_b - sim_bB[rows_b, rows_b + start]).sum()  # positives on the diagonal
-            if grad_z_hat_BK is not None:
-                softmax_bB = sim_bB.sub_(lse_b[:, None]).exp_()
-                softmax_bB[rows_b, rows_b + start] -= 1.0
-                grad_z_hat_BK[start : start + block_size] = softmax_bB.to(z_BK.dtype) @ z_BK
+            stop = min(start + block_size, batch_size)
+            sim_bB = (scaled_z_hat_BK[start:stop] @ z_BK.T).to(acc_dtype)
+            rows_b = torch.arange(stop - start, device=sim_bB.device)
+            positive_b = sim_bB[rows_b, rows_b + start]  # the positives, on the diagonal
+            max_b = sim_bB.amax(dim=1)
+            exp_bB = sim_bB.sub_(max_b[:, None]).exp_()  # in place: four passes over the block
+            sum_b = exp_bB.sum(dim=1)
+            total += (max_b + sum_b.log() - positive_b).sum()
+            if grad_z_hat_BK is not None:  # row i: sum_j softmax_ij z_j - z_i
+                weighted_bK = (exp_bB.to(z_BK.dtype) @ z_BK).div_(sum_b[:, None].to(z_BK.dtype))
+                grad_z_hat_BK[start:stop] = weighted_bK.sub_(z_BK[start:stop])
         if grad_z_hat_BK is not None:
             ctx.save_for_backward(grad_z_hat_BK.div_(batch_size * temperature))
         return total / batch_size

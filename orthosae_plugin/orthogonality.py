@@ -81,8 +81,8 @@ class _ThresholdedCosineSquaredSum(torch.autograd.Function):
             stop = min(start + ctx.block_size, n)
             C_bn = _block_cosines(D_nd, start, stop)
             G_bn = 2.0 * torch.sign(C_bn) * F.relu(C_bn.abs() - ctx.tau)
-            grad_nd[start:stop] = 2.0 * (G_bn @ D_nd)
-        return grad_nd * grad_out.to(D_nd.dtype), None, None
+            grad_nd[start:stop] = G_bn @ D_nd
+        return grad_nd.mul_(2.0 * grad_out.to(D_nd.dtype)), None, None
 
 
 def thresholded_cosine_squared_sum(
@@ -209,8 +209,8 @@ class _PairThresholdedCosineSquaredSum(torch.autograd.Function):
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
         D_nd, pairs_P2, C_P = ctx.saved_tensors
         G_P = 2.0 * torch.sign(C_P) * F.relu(C_P.abs() - ctx.tau)
-        grad_nd = 2.0 * (_pair_csr(pairs_P2, D_nd.shape[0], G_P) @ D_nd)
-        return grad_nd * grad_out.to(D_nd.dtype), None, None
+        grad_nd = _pair_csr(pairs_P2, D_nd.shape[0], G_P) @ D_nd
+        return grad_nd.mul_(2.0 * grad_out.to(D_nd.dtype)), None, None
 
 
 def ortho_penalty_pairs(D_nd: torch.Tensor, tau: float, pairs_P2: torch.Tensor) -> torch.Tensor:
