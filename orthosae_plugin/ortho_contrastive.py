@@ -26,8 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -55,13 +54,20 @@ from typing_extensions import override
 
 from orthosae_plugin.contrastive import make_projection, self_contrastive_loss
 from orthosae_plugin.orthogonality import (
-    ORTHO_MODES,
     close_pair_scan,
     decoder_pair_stats,
     ortho_penalty_chunked,
     ortho_penalty_exact,
     ortho_penalty_pairs,
     ortho_threshold,
+)
+from orthosae_plugin.saving import write_folder_atomically
+from orthosae_plugin.validation import (
+    SPARSITY_BASES,
+    check_batch_and_budget,
+    check_sparsity_base,
+    invalid,
+    validate_config,
 )
 
 ARCHITECTURE = "ortho_contrastive"
@@ -70,7 +76,6 @@ ARCHITECTURE = "ortho_contrastive"
 _TRAINING_ONLY_BUFFERS = ("projection", "n_steps_trained")
 
 SparsityBase = Literal["relu_l1", "topk", "batchtopk"]
-SPARSITY_BASES: tuple[str, ...] = ("relu_l1", "topk", "batchtopk")
 
 # The inference config each base saves as: SAELens's own choice for its `standard`,
 # `topk` and `batchtopk` training classes.
@@ -80,19 +85,11 @@ _INFERENCE_CONFIG_PER_BASE: dict[str, type[SAEConfig]] = {
     "batchtopk": JumpReLUSAEConfig,
 }
 
-# Fields that only some bases read. Under any other base they must keep their default,
-# so that e.g. `k=4` without `sparsity_base="topk"` is refused rather than silently
-# training a ReLU + L1 SAE.
-_BASES_READING_FIELD: dict[str, tuple[str, ...]] = {
-    "l1_coefficient": ("relu_l1",),
-    "lp_norm": ("relu_l1",),
-    "l1_warm_up_steps": ("relu_l1",),
-    "k": ("topk", "batchtopk"),
-    "aux_loss_coefficient": ("topk", "batchtopk"),
-    "rescale_acts_by_decoder_norm": ("topk", "batchtopk"),
-    "use_sparse_activations": ("topk",),
-    "topk_threshold_lr": ("batchtopk",),
-}
+
+def _optional_int(text: str) -> int | None:
+    """Command-line parser of ``int | None`` fields: ``--projection_dim None`` (also
+    ``none``/``null``) gives None."""
+    return None if text.strip().lower() in ("none", "null") else int(text)
 
 
 @dataclass
@@ -152,10 +149,18 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     ortho_threshold_end: float = 0.05
     """Threshold at the end of the anneal, in [0, 1] and <= ortho_threshold_start."""
 
-    ortho_anneal_steps: int | None = None
-    """Steps over which the threshold is cosine-annealed. None: filled in by SAELens's
-    runner config with the run's real number of training steps
-    (training_tokens // train_batch_size_tokens)."""
+    ortho_anneal_steps: int | None = field(default=None, metadata={"custom_args": {"type": _optional_int}})
+    """Steps over which the threshold is cosine-annealed. None: the run's real number of
+    training steps, derived when training starts (SAELens's ``SAETrainer``, so every
+    runner: ``training_tokens // train_batch_size_tokens``) and re-derived at every
+    start, so an edited budget never leaves a stale horizon. A number set here is kept
+    as given."""
+
+    ortho_anneal_steps_derived: bool = False
+    """True when ``ortho_anneal_steps`` holds a horizon derived from a run's budget
+    rather than one the user set: it is then derived again at the next training start.
+    Set by the plugin; a saved config carries it so that a JSON round trip keeps the
+    distinction."""
 
     ortho_mode: Literal["exact", "chunked", "close_pairs"] = "close_pairs"
     """'close_pairs' (default): the exact loss at a cost proportional to the number of
@@ -194,7 +199,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     contrastive_warm_up_steps: int = 1000
     """Steps over which SAELens ramps the contrastive weight linearly from 0 (>= 0)."""
 
-    projection_dim: int | None = 128
+    projection_dim: int | None = field(default=128, metadata={"custom_args": {"type": _optional_int}})
     """k of the fixed Gaussian projection of the similarities (>= 1). None: exact cosine
     similarities in d_in dimensions (the SS-COSAE baseline)."""
 
@@ -210,8 +215,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
         return ARCHITECTURE
 
     def __post_init__(self) -> None:
-        _validate(self)
-        _validate_sparsity_base(self)
+        validate_config(self)
         if self.sparsity_base == "topk":
             self.k = int(self.k)  # torch.topk and the saved `topk` config need an int
         super().__post_init__()
@@ -220,14 +224,12 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     def get_inference_config_class(self) -> type[SAEConfig]:
         return _INFERENCE_CONFIG_PER_BASE[self.sparsity_base]
 
-    def bind_to_training_run(
+    def check_training_run(
         self, total_training_steps: int, train_batch_size: int, arithmetic: str
     ) -> None:
-        """Check the run's budget and fill ``ortho_anneal_steps`` from it.
+        """Refuse a run that this config cannot train; changes nothing.
 
-        Called by SAELens's runner configs at construction (see ``registration.py``),
-        before any model is loaded. ``arithmetic`` spells out how the step count was
-        reached, for the error message.
+        ``arithmetic`` spells out how the step count was reached, for the error message.
         """
         if total_training_steps < 1:
             raise ValueError(
@@ -253,98 +255,29 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
             )
         if self.sparsity_base == "batchtopk":
             _check_threshold_settles(self.topk_threshold_lr, total_training_steps, arithmetic)
-        if self.ortho_anneal_steps is None:
+
+    def bind_to_training_run(
+        self, total_training_steps: int, train_batch_size: int, arithmetic: str
+    ) -> None:
+        """Check the run's budget, and derive ``ortho_anneal_steps`` from it unless the
+        user set it.
+
+        Called by SAELens's runner configs at construction, before any model is loaded,
+        and again when SAELens's ``SAETrainer`` is built, i.e. by the run that actually
+        trains (see ``registration.py``): a derived horizon is re-derived each time, so
+        ``dataclasses.replace(cfg, training_tokens=...)``, an edited JSON budget or one
+        SAE config reused across runs never keeps a stale one.
+        """
+        self.check_training_run(total_training_steps, train_batch_size, arithmetic)
+        if self.ortho_anneal_steps is None or self.ortho_anneal_steps_derived:
             self.ortho_anneal_steps = total_training_steps
+            self.ortho_anneal_steps_derived = True
             self.add_training_info_to_metadata()
 
 
-def _validate(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
-    """Raise a ValueError naming the field, the value and what is allowed."""
-
-    def bad(field: str, value: Any, allowed: str) -> ValueError:
-        return ValueError(f"{field}={value!r} is invalid: {allowed}")
-
-    for field in ("ortho_threshold_start", "ortho_threshold_end"):
-        value = getattr(cfg, field)
-        if not 0.0 <= value <= 1.0:
-            raise bad(field, value, "a |cosine| threshold must lie in [0, 1]")
-    if cfg.ortho_threshold_start < cfg.ortho_threshold_end:
-        raise bad(
-            "ortho_threshold_start",
-            cfg.ortho_threshold_start,
-            f"it must be >= ortho_threshold_end={cfg.ortho_threshold_end} "
-            "(the threshold anneals downwards)",
-        )
-    for field in ("ortho_coefficient", "contrastive_coefficient", "l1_coefficient"):
-        value = getattr(cfg, field)
-        if not value >= 0:  # also rejects NaN
-            raise bad(field, value, "a loss coefficient must be >= 0")
-    if cfg.ortho_mode not in ORTHO_MODES:
-        raise bad("ortho_mode", cfg.ortho_mode, f"allowed modes are {', '.join(ORTHO_MODES)}")
-    if cfg.ortho_block_size < 1:
-        raise bad("ortho_block_size", cfg.ortho_block_size, "it must be >= 1")
-    if cfg.ortho_chunk_size < 2:
-        raise bad("ortho_chunk_size", cfg.ortho_chunk_size, "a chunk needs >= 2 latents to hold a pair")
-    if not 0.0 <= cfg.ortho_margin <= 1.0:
-        raise bad("ortho_margin", cfg.ortho_margin, "a |cosine| margin must lie in [0, 1]")
-    if cfg.ortho_rescan_every < 1:
-        raise bad("ortho_rescan_every", cfg.ortho_rescan_every, "it must be >= 1 step")
-    if not 0.0 < cfg.ortho_max_pair_fraction <= 1.0:
-        raise bad("ortho_max_pair_fraction", cfg.ortho_max_pair_fraction, "a share of pairs must lie in (0, 1]")
-    if cfg.ortho_anneal_steps is not None and cfg.ortho_anneal_steps < 1:
-        raise bad("ortho_anneal_steps", cfg.ortho_anneal_steps, "it must be >= 1, or None to use the run's total steps")
-    if cfg.contrastive_warm_up_steps < 0:
-        raise bad("contrastive_warm_up_steps", cfg.contrastive_warm_up_steps, "it must be >= 0")
-    if cfg.projection_dim is not None and cfg.projection_dim < 1:
-        raise bad("projection_dim", cfg.projection_dim, "it must be >= 1, or None for exact similarities")
-    if not cfg.contrastive_temperature > 0:
-        raise bad("contrastive_temperature", cfg.contrastive_temperature, "it must be > 0")
-
-
-def _validate_sparsity_base(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
-    """Raise a ValueError naming the field, the value and what is allowed, for the
-    sparsity base and the fields of the bases (those ``_validate`` does not check)."""
-    base = cfg.sparsity_base
-    _check_sparsity_base(base)
-    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
-    for field, bases in _BASES_READING_FIELD.items():
-        value = getattr(cfg, field)
-        if base not in bases and value != defaults[field]:
-            raise _invalid(
-                field,
-                value,
-                f"only sparsity_base={' or '.join(map(repr, bases))} reads it, and "
-                f"sparsity_base={base!r}; set sparsity_base, or leave {field} at its "
-                f"default {defaults[field]!r}",
-            )
-    if base == "relu_l1":
-        return
-    if not 0 < cfg.k <= cfg.d_sae:
-        raise _invalid("k", cfg.k, f"it must satisfy 0 < k <= d_sae={cfg.d_sae}")
-    if base == "topk" and cfg.k != int(cfg.k):
-        raise _invalid("k", cfg.k, "sparsity_base='topk' keeps a whole number of latents per input")
-    if not cfg.aux_loss_coefficient >= 0:  # also rejects NaN
-        raise _invalid("aux_loss_coefficient", cfg.aux_loss_coefficient, "a loss coefficient must be >= 0")
-    if not 0 < cfg.topk_threshold_lr <= 1:
-        raise _invalid("topk_threshold_lr", cfg.topk_threshold_lr, "it must lie in (0, 1]")
-    if cfg.aux_loss_coefficient > 0 and cfg.normalize_activations in ("constant_norm_rescale", "layer_norm"):
-        # SAELens raises this only once a latent dies, possibly hours into the run.
-        raise _invalid(
-            "normalize_activations",
-            cfg.normalize_activations,
-            f"SAELens's TopK auxiliary loss (sparsity_base={base!r}, aux_loss_coefficient="
-            f"{cfg.aux_loss_coefficient}) does not support it; use 'none', "
-            "'expected_average_only_in' or 'covariance_whitening', or aux_loss_coefficient=0",
-        )
-
-
-def _check_sparsity_base(base: str) -> None:
-    if base not in SPARSITY_BASES:
-        raise _invalid("sparsity_base", base, f"allowed bases are {', '.join(SPARSITY_BASES)}")
-
-
-def _invalid(field: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"{field}={value!r} is invalid: {allowed}")
+# Kept under their old names for code that imported them from here.
+_invalid = invalid
+_check_sparsity_base = check_sparsity_base
 
 
 # Largest weight that BatchTopK's running threshold may still give its zero start at the
@@ -459,8 +392,8 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         if self.cfg.ortho_anneal_steps is None:
             raise ValueError(
                 "ortho_anneal_steps=None: the anneal horizon is unknown. Set it in the "
-                "config, or train through SAELens's LanguageModelSAETrainingRunner or "
-                "SyntheticSAERunner, whose configs fill it from the token budget."
+                "config, or train through SAELens's SAETrainer (any SAELens runner), "
+                "which derives it from the run's budget when it starts."
             )
         return ortho_threshold(
             step,
@@ -474,8 +407,11 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         return int(self.n_steps_trained.item())
 
     def unit_decoder(self) -> torch.Tensor:
-        """``W_dec`` with unit-norm rows, ``(d_sae, d_in)``."""
-        return self.W_dec / self.W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        """``W_dec`` with unit-norm rows, ``(d_sae, d_in)``, in at least float32 (the
+        cosines of a bf16/fp16 decoder are computed in float32; the gradient flows back
+        into ``W_dec`` in its own dtype)."""
+        W_dec_nd = self.W_dec.to(_compute_dtype(self.W_dec.dtype))
+        return W_dec_nd / W_dec_nd.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
     @override
     def calculate_aux_loss(
@@ -497,11 +433,14 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         contrastive_weight = step_input.coefficients["contrastive"]
         contrastive_loss = zero
         if contrastive_weight > 0:
+            # In at least float32 whatever the SAE's dtype: SAELens hands the input in
+            # the activations' dtype and the reconstruction in the SAE's.
+            dtype = _compute_dtype(sae_out.dtype)
             contrastive_loss = contrastive_weight * self_contrastive_loss(
-                step_input.sae_in,
-                sae_out,
+                step_input.sae_in.to(dtype),
+                sae_out.to(dtype),
                 temperature=self.cfg.contrastive_temperature,
-                projection_DK=self.projection,
+                projection_DK=None if self.projection is None else self.projection.to(dtype),
             )
         return {**losses, "ortho_loss": ortho_loss, "contrastive_loss": contrastive_loss}
 
@@ -552,6 +491,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
 
     @override
     def training_forward_pass(self, step_input: TrainStepInput) -> TrainStepOutput:
+        _check_coefficients(self, step_input)
         step = self.current_step()
         state_before = {name: getattr(self, name).clone() for name in self._state_updated_by_base_step}
         output = super().training_forward_pass(step_input)
@@ -592,25 +532,31 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     @override
     def save_inference_model(self, path: str | Path) -> tuple[Path, Path]:
         """Write the base's plain SAELens inference form (``standard``, ``topk`` or
-        ``jumprelu``); each file appears whole or not at all.
+        ``jumprelu``) as a folder that appears whole or not at all (see ``saving.py``):
+        a reader never pairs the weights of one save with the ``cfg.json`` of another,
+        and a failed save leaves the previous one intact and no temporaries behind.
 
         The metadata records ``training_steps``, so that evals can tell an SAE trained
         for 4 steps from a trained one.
         """
-        path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state_dict = self.state_dict()
         self.process_state_dict_for_saving_inference(state_dict)
         config = self.cfg.get_inference_sae_cfg_dict()
         config["metadata"]["training_steps"] = int(self.n_steps_trained.item())
 
-        weights_path = path / SAE_WEIGHTS_FILENAME
-        cfg_path = path / SAE_CFG_FILENAME
-        save_file(state_dict, _partial(weights_path))
-        _partial(cfg_path).write_text(json.dumps(config))
-        os.replace(_partial(weights_path), weights_path)
-        os.replace(_partial(cfg_path), cfg_path)
-        return weights_path, cfg_path
+        def write(folder: Path) -> None:
+            save_file(state_dict, folder / SAE_WEIGHTS_FILENAME)
+            (folder / SAE_CFG_FILENAME).write_text(json.dumps(config))
+
+        path = write_folder_atomically(path, write)
+        return path / SAE_WEIGHTS_FILENAME, path / SAE_CFG_FILENAME
+
+    @override
+    def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
+        """Resume: refuse a checkpoint whose derived anneal horizon differs from this
+        run's, which would bend the threshold schedule halfway through."""
+        _check_resumed_horizon(self.cfg, Path(checkpoint_path) / SAE_CFG_FILENAME)
+        super().load_weights_from_checkpoint(checkpoint_path)
 
 
 # One concrete class per base. The MRO puts OrthoContrastiveTrainingSAE first, so its
@@ -663,7 +609,7 @@ class OrthoContrastiveSAEConfig(SAEConfig):
         return ARCHITECTURE
 
     def __post_init__(self) -> None:
-        _check_sparsity_base(self.sparsity_base)
+        check_sparsity_base(self.sparsity_base)
         if self.sparsity_base == "topk":
             self.k = int(self.k)  # TopK needs an int (a JSON round trip may give 4.0)
         super().__post_init__()
@@ -736,6 +682,11 @@ def _class_for_base(cls: type, root: type, args: tuple[Any, ...], kwargs: dict[s
     return per_base[cfg.sparsity_base]
 
 
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the two loss terms compute in: float32, or float64 for a float64 SAE."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 def _forget_close_pairs(sae: OrthoContrastiveTrainingSAE, incompatible_keys: Any) -> None:
     """Load-state-dict hook: new weights make the close-pair list stale; scan at the next step.
 
@@ -746,5 +697,27 @@ def _forget_close_pairs(sae: OrthoContrastiveTrainingSAE, incompatible_keys: Any
     sae.ortho_close_pairs = None
 
 
-def _partial(path: Path) -> Path:
-    return path.with_name(path.name + ".partial")
+def _check_resumed_horizon(cfg: OrthoContrastiveTrainingSAEConfig, cfg_path: Path) -> None:
+    if not (cfg.ortho_anneal_steps_derived and cfg_path.is_file()):
+        return  # an explicit horizon stays as given
+    saved = json.loads(cfg_path.read_text()).get("ortho_anneal_steps")
+    if saved is not None and saved != cfg.ortho_anneal_steps:
+        raise ValueError(
+            f"ortho_anneal_steps: the checkpoint {str(cfg_path.parent)!r} was trained with "
+            f"an anneal horizon of {saved} steps, and this run's budget gives "
+            f"{cfg.ortho_anneal_steps}; resuming would bend the threshold schedule. Resume "
+            f"with the checkpoint's budget, or set ortho_anneal_steps={saved} (or another "
+            "value) explicitly."
+        )
+
+
+def _check_coefficients(sae: OrthoContrastiveTrainingSAE, step_input: TrainStepInput) -> None:
+    """A ``TrainStepInput`` built by hand must carry every coefficient the SAE declares."""
+    missing = [name for name in sae.get_coefficients() if name not in step_input.coefficients]
+    if missing:
+        raise ValueError(
+            f"TrainStepInput.coefficients={step_input.coefficients!r} is invalid: it lacks "
+            f"{', '.join(map(repr, missing))}. Pass SAETrainer.get_coefficients(), or every "
+            f"name of sae.get_coefficients() ({', '.join(map(repr, sae.get_coefficients()))}) "
+            "with its current value."
+        )

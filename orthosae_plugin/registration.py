@@ -1,13 +1,20 @@
-"""Registration of ``ortho_contrastive`` with SAELens, and the runner-config hook.
+"""Registration of ``ortho_contrastive`` with SAELens, and the budget hooks.
 
 SAELens has no hook through which an SAE config sees the run's token budget, and its
-runner loads the model before it builds the SAE. So that a bad budget is refused before
-any model is loaded, and the anneal horizon can default to the run's real length, this
-module wraps the ``__post_init__`` of SAELens's two runner configs
-(``LanguageModelSAERunnerConfig`` and ``SyntheticSAERunnerConfig``): after SAELens's own
-post-init, if the SAE config has ``bind_to_training_run``, it is called with the step
-count and the arithmetic behind it. Configs of other architectures are untouched.
-Both steps are idempotent: importing or reloading the package twice changes nothing.
+runners load the model before they build the SAE. This module wraps two places:
+
+- the ``__post_init__`` of SAELens's runner configs (``LanguageModelSAERunnerConfig``,
+  ``SyntheticSAERunnerConfig`` and, for each of its SAEs, ``MultiSAETrainingRunnerConfig``),
+  so that a bad budget is refused before any model is loaded;
+- ``SAETrainer.__init__``, which every SAELens runner goes through (``MultiSAETrainer``
+  builds one per SAE), so that the anneal horizon is derived from the run that actually
+  trains, not from whichever config was built first.
+
+Both call the SAE config's ``bind_to_training_run`` (only ``ortho_contrastive`` has one)
+with the step count and the arithmetic behind it, after checking that the batch size and
+the budget are integers (batch >= 1) so that the division cannot fail. Configs of other
+architectures are untouched. Every step is idempotent: importing or reloading the
+package twice changes nothing.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import functools
 from typing import Any, Callable
 
 from sae_lens.config import LanguageModelSAERunnerConfig
+from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 from sae_lens.registry import (
     SAE_CLASS_REGISTRY,
     SAE_TRAINING_CLASS_REGISTRY,
@@ -23,6 +31,7 @@ from sae_lens.registry import (
     register_sae_training_class,
 )
 from sae_lens.synthetic.synthetic_sae_runner import SyntheticSAERunnerConfig
+from sae_lens.training.sae_trainer import SAETrainer
 
 from orthosae_plugin.ortho_contrastive import (
     ARCHITECTURE,
@@ -31,6 +40,7 @@ from orthosae_plugin.ortho_contrastive import (
     OrthoContrastiveTrainingSAE,
     OrthoContrastiveTrainingSAEConfig,
 )
+from orthosae_plugin.validation import check_batch_and_budget
 
 _HOOK_MARK = "_orthosae_budget_hook"
 
@@ -50,26 +60,46 @@ def register() -> None:
     register_sae_class(ARCHITECTURE, OrthoContrastiveSAE, OrthoContrastiveSAEConfig)
     _install_budget_hook(
         LanguageModelSAERunnerConfig,
-        lambda cfg: (
-            cfg.total_training_steps,
-            cfg.train_batch_size_tokens,
-            f"training_tokens={cfg.training_tokens} // "
-            f"train_batch_size_tokens={cfg.train_batch_size_tokens}",
-        ),
+        lambda cfg: [(cfg.sae, "train_batch_size_tokens", "training_tokens", "")],
     )
     _install_budget_hook(
         SyntheticSAERunnerConfig,
-        lambda cfg: (
-            cfg.total_training_steps,
-            cfg.batch_size,
-            f"training_samples={cfg.training_samples} // batch_size={cfg.batch_size}",
-        ),
+        lambda cfg: [(cfg.sae, "batch_size", "training_samples", "")],
     )
+    _install_budget_hook(
+        MultiSAETrainingRunnerConfig,
+        lambda cfg: [
+            (sae_cfg, "train_batch_size_tokens", "training_tokens", f"saes[{name!r}]: ")
+            for name, sae_cfg in cfg.saes.items()
+        ],
+    )
+    _install_trainer_hook()
 
 
-def _install_budget_hook(
-    config_cls: type, budget: Callable[[Any], tuple[int, int, str]]
-) -> None:
+# (SAE config, batch-size field, budget field, prefix naming the SAE in a message)
+_Binding = tuple[Any, str, str, str]
+
+
+def _bind(sae_cfg: Any, run_cfg: Any, batch_field: str, budget_field: str, prefix: str) -> None:
+    """Check the run's batch and budget, then hand the step count to ``sae_cfg``."""
+    bind = getattr(sae_cfg, "bind_to_training_run", None)
+    if not callable(bind):
+        return
+    batch_size, budget = getattr(run_cfg, batch_field), getattr(run_cfg, budget_field)
+    try:
+        check_batch_and_budget(batch_field, batch_size, budget_field, budget)
+        bind(
+            budget // batch_size,
+            batch_size,
+            f"{budget_field}={budget} // {batch_field}={batch_size}",
+        )
+    except ValueError as error:
+        if not prefix:
+            raise
+        raise ValueError(f"{prefix}{error}") from None
+
+
+def _install_budget_hook(config_cls: type, bindings: Callable[[Any], list[_Binding]]) -> None:
     original = config_cls.__post_init__
     if getattr(original, _HOOK_MARK, False):
         return
@@ -77,9 +107,24 @@ def _install_budget_hook(
     @functools.wraps(original)
     def __post_init__(self: Any) -> None:
         original(self)
-        bind = getattr(self.sae, "bind_to_training_run", None)
-        if callable(bind):
-            bind(*budget(self))
+        for sae_cfg, batch_field, budget_field, prefix in bindings(self):
+            _bind(sae_cfg, self, batch_field, budget_field, prefix)
 
     setattr(__post_init__, _HOOK_MARK, True)
     config_cls.__post_init__ = __post_init__
+
+
+def _install_trainer_hook() -> None:
+    """Bind the SAE's config to the trainer's budget before SAELens builds the trainer
+    (its optimizer, schedulers and coefficient schedulers)."""
+    original = SAETrainer.__init__
+    if getattr(original, _HOOK_MARK, False):
+        return
+
+    @functools.wraps(original)
+    def __init__(self: Any, cfg: Any, sae: Any, *args: Any, **kwargs: Any) -> None:
+        _bind(sae.cfg, cfg, "train_batch_size_samples", "total_training_samples", "")
+        original(self, cfg, sae, *args, **kwargs)
+
+    setattr(__init__, _HOOK_MARK, True)
+    SAETrainer.__init__ = __init__  # type: ignore[method-assign]

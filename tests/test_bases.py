@@ -256,8 +256,8 @@ def test_a_non_finite_loss_leaves_every_weight_and_buffer_as_it_was(base, failur
         ({"sparsity_base": "batchtopk", "k": 300}, r"k=300 is invalid: it must satisfy 0 < k <= d_sae=256"),
         ({"sparsity_base": "topk", "k": 2.5}, r"k=2.5 is invalid: sparsity_base='topk' keeps a whole number"),
         ({"sparsity_base": "topk", "aux_loss_coefficient": -1.0}, r"aux_loss_coefficient=-1.0 is invalid: .*>= 0"),
-        ({"sparsity_base": "batchtopk", "topk_threshold_lr": 0.0}, r"topk_threshold_lr=0.0 is invalid: it must lie in \(0, 1\]"),
-        ({"sparsity_base": "batchtopk", "topk_threshold_lr": 1.5}, r"topk_threshold_lr=1.5 is invalid: it must lie in \(0, 1\]"),
+        ({"sparsity_base": "batchtopk", "topk_threshold_lr": 0.0}, r"topk_threshold_lr=0.0 is invalid: it must be in \(0, 1\]"),
+        ({"sparsity_base": "batchtopk", "topk_threshold_lr": 1.5}, r"topk_threshold_lr=1.5 is invalid: it must be in \(0, 1\]"),
         ({"sparsity_base": "topk", "normalize_activations": "layer_norm"}, r"normalize_activations='layer_norm' is invalid: SAELens's TopK auxiliary loss"),
     ],
 )
