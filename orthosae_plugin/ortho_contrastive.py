@@ -250,8 +250,8 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
         if self.contrastive_coefficient > 0 and train_batch_size < 2:
             raise ValueError(
                 f"ortho_contrastive: train batch size={train_batch_size} is invalid with "
-                "contrastive_coefficient > 0: the self-contrastive loss needs >= 2 inputs "
-                "per batch."
+                f"contrastive_coefficient={self.contrastive_coefficient} > 0: the "
+                "self-contrastive loss needs >= 2 inputs per batch."
             )
         if self.sparsity_base == "batchtopk":
             _check_threshold_settles(self.topk_threshold_lr, total_training_steps, arithmetic)

@@ -80,7 +80,9 @@ def register() -> None:
 _Binding = tuple[Any, str, str, str]
 
 
-def _bind(sae_cfg: Any, run_cfg: Any, batch_field: str, budget_field: str, prefix: str) -> None:
+def _bind(
+    sae_cfg: Any, run_cfg: Any, batch_field: str, budget_field: str, prefix: str, check_only: bool = False
+) -> None:
     """Check the run's batch and budget, then hand the step count to ``sae_cfg``."""
     bind = getattr(sae_cfg, "bind_to_training_run", None)
     if not callable(bind):
@@ -88,6 +90,8 @@ def _bind(sae_cfg: Any, run_cfg: Any, batch_field: str, budget_field: str, prefi
     batch_size, budget = getattr(run_cfg, batch_field), getattr(run_cfg, budget_field)
     try:
         check_batch_and_budget(batch_field, batch_size, budget_field, budget)
+        if check_only:
+            return
         bind(
             budget // batch_size,
             batch_size,
@@ -106,6 +110,9 @@ def _install_budget_hook(config_cls: type, bindings: Callable[[Any], list[_Bindi
 
     @functools.wraps(original)
     def __post_init__(self: Any) -> None:
+        # The batch is checked before SAELens's own post-init, which divides by it.
+        for sae_cfg, batch_field, budget_field, prefix in bindings(self):
+            _bind(sae_cfg, self, batch_field, budget_field, prefix, check_only=True)
         original(self)
         for sae_cfg, batch_field, budget_field, prefix in bindings(self):
             _bind(sae_cfg, self, batch_field, budget_field, prefix)
