@@ -1,0 +1,149 @@
+"""The inference save appears whole or not at all, as a folder, and cleans up after itself."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from sae_lens import SAE
+from safetensors.torch import load_file
+
+import orthosae_plugin.ortho_contrastive as ortho_contrastive
+from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
+from orthosae_plugin import saving
+
+
+def trained_sae(seed: int, steps: int) -> OrthoContrastiveTrainingSAE:
+    torch.manual_seed(seed)
+    sae = OrthoContrastiveTrainingSAE(OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=16, ortho_anneal_steps=10))
+    sae.n_steps_trained.fill_(steps)
+    return sae
+
+
+def snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def leftovers(parent):
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+@pytest.fixture
+def previous_save(tmp_path):
+    path = tmp_path / "sae"
+    trained_sae(0, steps=111).save_inference_model(path)
+    return path
+
+
+def test_a_save_is_a_folder_that_saelens_loads(tmp_path):
+    path = tmp_path / "new" / "sae"
+    weights, cfg = trained_sae(0, steps=7).save_inference_model(path)
+    assert (weights, cfg) == (path / "sae_weights.safetensors", path / "cfg.json")
+    assert json.loads(cfg.read_text())["metadata"]["training_steps"] == 7
+    assert SAE.load_from_disk(path).cfg.d_sae == 16
+    assert leftovers(path.parent) == []
+
+
+@pytest.mark.parametrize("fail_at", ["weights", "cfg"])
+def test_a_failed_save_leaves_the_previous_one_intact_and_no_temporaries(previous_save, monkeypatch, fail_at):
+    before = snapshot(previous_save)
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full (simulated)")
+
+    if fail_at == "weights":
+        monkeypatch.setattr(ortho_contrastive, "save_file", boom)
+    else:
+        real_save_file = ortho_contrastive.save_file
+
+        def weights_then_boom(tensors, filename, *args, **kwargs):
+            real_save_file(tensors, filename, *args, **kwargs)  # the weights are written whole...
+            raise OSError("killed before cfg.json (simulated)")  # ...then the save dies
+
+        monkeypatch.setattr(ortho_contrastive, "save_file", weights_then_boom)
+    with pytest.raises(OSError, match="simulated"):
+        trained_sae(1, steps=222).save_inference_model(previous_save)
+    assert snapshot(previous_save) == before
+    assert leftovers(previous_save.parent) == []
+
+
+def test_a_failure_at_the_swap_leaves_the_previous_save_intact(previous_save, monkeypatch):
+    before = snapshot(previous_save)
+
+    def boom(*args):
+        raise OSError("rename failed (simulated)")
+
+    monkeypatch.setattr(saving, "_swap_into_place", boom)
+    with pytest.raises(OSError, match="simulated"):
+        trained_sae(1, steps=222).save_inference_model(previous_save)
+    assert snapshot(previous_save) == before
+    assert leftovers(previous_save.parent) == []
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_a_new_save_replaces_the_previous_one_whole(previous_save, monkeypatch, exchange):
+    if not exchange:
+        monkeypatch.setattr(saving, "_exchange", lambda a, b: False)
+    (previous_save / "sparsity.safetensors").write_bytes(b"old run's sparsity")
+    (previous_save / "notes.txt").write_text("the user's own file")
+    new = trained_sae(1, steps=222)
+    new.save_inference_model(previous_save)
+    cfg = json.loads((previous_save / "cfg.json").read_text())
+    assert cfg["metadata"]["training_steps"] == 222
+    torch.testing.assert_close(load_file(previous_save / "sae_weights.safetensors")["W_dec"], new.W_dec.detach())
+    assert not (previous_save / "sparsity.safetensors").exists()  # it described the old save
+    assert (previous_save / "notes.txt").read_text() == "the user's own file"
+    assert leftovers(previous_save.parent) == []
+
+
+def test_a_save_into_an_existing_empty_folder_works(tmp_path):
+    (tmp_path / "sae").mkdir()
+    trained_sae(0, steps=3).save_inference_model(tmp_path / "sae")
+    assert SAE.load_from_disk(tmp_path / "sae").cfg.d_sae == 16
+
+
+def test_a_file_in_the_way_is_refused(tmp_path):
+    (tmp_path / "sae").write_text("not a folder")
+    with pytest.raises(ValueError, match=r"path=.* is invalid: it is a file"):
+        trained_sae(0, steps=3).save_inference_model(tmp_path / "sae")
+
+
+def test_temporaries_of_a_killed_save_are_removed_by_the_next_save(previous_save):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    abandoned = previous_save.parent / f".sae.saving-{dead.stdout.strip()}-deadbeef"
+    abandoned.mkdir()
+    (abandoned / "sae_weights.safetensors").write_bytes(b"\0" * 1024)
+    kept = previous_save.parent / f".sae.saving-{dead.stdout.strip()}-userfile"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("never deleted: not a save file")
+    trained_sae(1, steps=5).save_inference_model(previous_save)
+    assert not abandoned.exists()
+    assert kept.exists()
+
+
+def test_a_kill_during_a_save_never_leaves_a_mixed_folder(tmp_path):
+    """kill -9 a process that saves in a loop: every moment, cfg.json and the weights at
+    the path come from the same save."""
+    path = tmp_path / "sae"
+    script = f"""
+import sys, torch
+sys.path.insert(0, {str(os.getcwd())!r})
+from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
+sae = OrthoContrastiveTrainingSAE(OrthoContrastiveTrainingSAEConfig(d_in=64, d_sae=1024, ortho_anneal_steps=10))
+for step in range(1, 10**6):
+    sae.n_steps_trained.fill_(step)
+    with torch.no_grad():
+        sae.b_dec.fill_(float(step))
+    sae.save_inference_model({str(path)!r})
+    print(step, flush=True)
+"""
+    process = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    for _ in range(8):  # let it replace the save a few times, then kill it mid-way
+        process.stdout.readline()
+    process.kill()
+    process.wait()
+    steps = json.loads((path / "cfg.json").read_text())["metadata"]["training_steps"]
+    b_dec = load_file(path / "sae_weights.safetensors")["b_dec"]
+    assert torch.all(b_dec == float(steps))
