@@ -19,7 +19,16 @@ def trained_sae(seed: int, steps: int) -> OrthoContrastiveTrainingSAE:
     torch.manual_seed(seed)
     sae = OrthoContrastiveTrainingSAE(OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=16, ortho_anneal_steps=10))
     sae.n_steps_trained.fill_(steps)
+    with torch.no_grad():
+        sae.b_dec.fill_(float(steps))  # so that a reader can tell which save a weights file is from
     return sae
+
+
+def assert_one_save(path):
+    """cfg.json and the weights at ``path`` come from the same save."""
+    steps = json.loads((path / "cfg.json").read_text())["metadata"]["training_steps"]
+    assert torch.all(load_file(path / "sae_weights.safetensors")["b_dec"] == float(steps)), steps
+    return steps
 
 
 def snapshot(folder):
@@ -98,6 +107,29 @@ def test_a_new_save_replaces_the_previous_one_whole(previous_save, monkeypatch, 
     assert leftovers(previous_save.parent) == []
 
 
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+@pytest.mark.parametrize("interrupted_rename", [1, 2])
+def test_a_save_interrupted_at_a_rename_never_pairs_files_of_two_saves(previous_save, monkeypatch, exchange, interrupted_rename):
+    # Before: per-file renames; dying between them left the new weights beside the old cfg.json.
+    if not exchange:
+        monkeypatch.setattr(saving, "_exchange", lambda a, b: False)
+    real_replace, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append(dst)
+        if len(calls) == interrupted_rename:
+            raise OSError("killed at a rename (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    try:
+        trained_sae(1, steps=222).save_inference_model(previous_save)
+    except OSError:
+        pass
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert assert_one_save(previous_save) in (111, 222)
+
+
 def test_a_save_into_an_existing_empty_folder_works(tmp_path):
     (tmp_path / "sae").mkdir()
     trained_sae(0, steps=3).save_inference_model(tmp_path / "sae")
@@ -144,6 +176,4 @@ for step in range(1, 10**6):
         process.stdout.readline()
     process.kill()
     process.wait()
-    steps = json.loads((path / "cfg.json").read_text())["metadata"]["training_steps"]
-    b_dec = load_file(path / "sae_weights.safetensors")["b_dec"]
-    assert torch.all(b_dec == float(steps))
+    assert_one_save(path)
