@@ -5,7 +5,7 @@ Found on CPU, torch 2.13: float32, float64 and bfloat16 SAEs train through SAELe
 ``expected m1 and m2 to have the same dtype`` in the contrastive term). A float16 SAE
 computes both terms and their gradients at step 0 (before: the same crash), but SAELens's
 Adam step then writes NaN into float16 weights, for SAELens's own ``standard`` exactly as
-for ours (Adam's eps=1e-8 is 0 in float16); our guard stops the next step with the term
+for ours (Adam's second moment and eps=1e-8 underflow to 0 in float16); our guard stops the next step with the term
 named. Mixed precision (float32 weights under SAELens's ``autocast``) trains.
 """
 

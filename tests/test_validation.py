@@ -188,7 +188,10 @@ FIELD_SPACE = {  # field: (valid values, bad values)
     "projection_dim": (st.none() | st.integers(1, 8), BAD_INT.filter(lambda v: v is not None)),
     "contrastive_temperature": (floats(1e-3, 10), BAD_REAL | st.just(0.0)),
     "projection_seed": (st.integers(0, 1000), st.sampled_from([-1, 2**40, 1.5, "0"])),
+    "dtype": (st.sampled_from(["float32", "bfloat16", "float64"]), st.sampled_from(["float8", 32, None])),
+    "device": (st.just("cpu"), st.sampled_from(["banana", 0, None])),
 }
+NOT_ON_THE_COMMAND_LINE = {"dtype", "device"}  # SAELens's runner has flags of those names
 BASE_FIELD_SPACE = {
     "relu_l1": {"l1_coefficient": (floats(0, 10), BAD_REAL), "lp_norm": (floats(0.5, 2), BAD_REAL | st.just(0.0))},
     "topk": {"k": (st.integers(1, 2), BAD_REAL | st.just(2.5)), "aux_loss_coefficient": (floats(0, 2), BAD_REAL)},
@@ -266,6 +269,7 @@ def test_fuzz_dict_form_is_accepted_and_trains_a_step_or_refused_naming_a_field(
 def test_fuzz_command_line_is_accepted_and_trains_a_step_or_refused_naming_a_field(case):
     kwargs, batch, budget = case
     args = list(CLI_BASE[:6])
+    kwargs = {name: value for name, value in kwargs.items() if name not in NOT_ON_THE_COMMAND_LINE}
     for name, value in {**kwargs, "training_tokens": budget, "train_batch_size_tokens": batch}.items():
         args += [f"--{name}", str(value)]
 
@@ -288,3 +292,11 @@ def test_the_fuzzed_space_holds_both_outcomes():
 
     count()
     assert outcomes["trained"] >= 10 and outcomes["refused"] >= 10, outcomes
+
+
+def test_a_zero_latent_toy_run_is_refused_before_anything_is_built():
+    # Before: `orthosae-demo --d-sae 0` saved a 0-latent SAE and exited 0.
+    from orthosae_plugin.toy import ToySetup, tiny_runner_config
+
+    with pytest.raises(ValueError, match=r"d_sae=0 is invalid: it must be >= 1"):
+        tiny_runner_config(ToySetup(sae_kwargs={"d_sae": 0}), training_tokens=256 * 2000)
