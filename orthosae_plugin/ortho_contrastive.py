@@ -64,7 +64,6 @@ from orthosae_plugin.orthogonality import (
 from orthosae_plugin.saving import write_folder_atomically
 from orthosae_plugin.validation import (
     SPARSITY_BASES,
-    check_batch_and_budget,
     check_sparsity_base,
     invalid,
     validate_config,
