@@ -13,7 +13,9 @@ Writes ``results.json``, ``results.md`` and PNG plots under
 4. the 'close_pairs' orthogonality mode (timed inside 1 and 3) against 'exact' along a
    training run (``benchmarks.close_pairs_fidelity``);
 5. the projection's approximation quality against ``k`` (``benchmarks.approximation``; on
-   CPU whatever the device: it is small).
+   CPU whatever the device: it is small);
+6. the training step along the whole threshold anneal, defaults vs ``standard`` at the
+   start, middle and end and averaged over the run (``benchmarks.whole_run``, issue 12).
 """
 
 from __future__ import annotations
@@ -31,11 +33,11 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from benchmarks import approximation, close_pairs_fidelity, contrastive_cost, ortho_scaling, report, step
+from benchmarks import approximation, close_pairs_fidelity, contrastive_cost, ortho_scaling, report, step, whole_run
 from benchmarks.measure import memory_measure_note
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 
-SECTIONS = ("step", "contrastive", "ortho", "fidelity", "approximation")
+SECTIONS = ("step", "contrastive", "ortho", "fidelity", "approximation", "whole_run")
 RESULTS_ROOT = Path(__file__).parent / "results" / "speed"
 
 
@@ -81,6 +83,8 @@ class Preset:
     """Untimed rounds before timing."""
     block_size: int = 1024
     """Blockwise ortho / scan block size."""
+    whole_run: list[whole_run.WholeRunShape] = field(default_factory=list)
+    """Shapes of section 6."""
     notes: list[str] = field(default_factory=list)
     """Where sizes were capped, and why."""
 
@@ -102,7 +106,13 @@ PRESETS = {
         },
         ortho_chunk_size=1024,
         fidelity_shape=step.StepShape(d_in=128, d_sae=1024, batch=512),
-        fidelity_steps=200,
+        fidelity_steps=1000,
+        whole_run=[
+            whole_run.WholeRunShape(step.StepShape(d_in=512, d_sae=4096, batch=2048),
+                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=8, warmup=2),
+            whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=8192, batch=4096),
+                                    phases=(0.0, 0.5, 1.0), steps=4, warmup=1, compare=False),
+        ],
         notes=[
             "Section 2 on CPU: batch 8192 left out (exact at d_in=2304 would take ~1 min per call).",
             "Section 3 on CPU: dense naive, exact blockwise and the scan stop at d_sae=4096 (they grow as "
@@ -123,6 +133,12 @@ PRESETS = {
         ortho_chunk_size=4096,
         fidelity_shape=step.StepShape(d_in=2304, d_sae=16384, batch=4096),
         fidelity_steps=500,
+        whole_run=[
+            whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=16384, batch=4096),
+                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=16, warmup=4),
+            whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=65536, batch=4096),
+                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=16, warmup=4),
+        ],
         step_repeats=10,
         repeats=10,
         warmup=2,
@@ -141,6 +157,7 @@ PRESETS = {
         ortho_chunk_size=32,
         fidelity_shape=step.StepShape(d_in=16, d_sae=64, batch=32),
         fidelity_steps=6,
+        whole_run=[whole_run.WholeRunShape(step.StepShape(d_in=16, d_sae=64, batch=32), phases=(0.0, 1.0), steps=2, warmup=1)],
         ablation_ks=[4, 8],
         ablation_seeds=2,
         ablation_batch=32,
@@ -163,6 +180,10 @@ def default_step_row(group: dict[str, Any]) -> dict[str, Any]:
     mode = OrthoContrastiveTrainingSAEConfig.ortho_mode
     prefix = "ortho close_pairs, amortised" if mode == "close_pairs" else f"ortho {mode}"
     return next(row for row in group["rows"] if row["variant"].startswith(prefix))
+
+
+def default_whole_run_variant(group: dict[str, Any]) -> str:
+    return next(name for name in group["run_average_ratio"] if name.startswith("defaults"))
 
 
 def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -196,6 +217,17 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                       f"({row['saved_for_backward_bytes'] / 2**20:.1f} vs "
                       f"{row['saved_for_backward_bytes'] * row['saved_bytes_ratio_exact_over_this'] / 2**20:.1f} MiB)",
                       "met": row["saved_bytes_ratio_exact_over_this"] >= 10})
+    for group in results.get("whole_run", []):
+        shape = group["shape"]
+        where = f"d_in={shape['d_in']}, d_sae={shape['d_sae']}, batch={shape['batch']}"
+        name = default_whole_run_variant(group)
+        average = group["run_average_ratio"][name]
+        phase_ratios = [next(r for r in p["rows"] if r["variant"] == name)["ratio_to_standard"] for p in group["phases"]]
+        found.append({"target": f"whole run, defaults vs standard at {where}: average ratio <= 1.10",
+                      "measured": f"{average:.3f} (phases {', '.join(f'{r:.2f}' for r in phase_ratios)})",
+                      "met": average <= 1.10})
+        found.append({"target": f"whole run, defaults vs standard at {where}: every phase <= 1.25",
+                      "measured": f"max {max(phase_ratios):.3f}", "met": max(phase_ratios) <= 1.25})
     if "ortho" in results:
         fits = results["ortho"]["exponents"]
         for variant, key, what in [(ortho_scaling.EXACT, "peak_bytes", "peak memory"), (ortho_scaling.CHUNKED, "time", "time")]:
@@ -229,6 +261,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, help="untimed warm-up rounds (default: the preset's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/speed/<preset>)")
+    parser.add_argument("--merge", action="store_true",
+                        help="keep the other sections of the results.json already in --out (each section "
+                        "keeps the command and time of the run that measured it)")
     args = parser.parse_args(argv)
 
     device = str(torch.device(args.device))
@@ -269,11 +304,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             results["fidelity"] = close_pairs_fidelity.run(
                 shape.d_in, shape.d_sae, shape.batch, preset.fidelity_steps, [0.0, 0.5], device, say
             )
+        elif section == "whole_run":
+            results["whole_run"] = whole_run.run(preset.whole_run, device, say)
         elif section == "approximation":
             results["approximation"] = approximation.run(
                 preset.ablation_ks, preset.ablation_seeds, preset.ablation_batch, preset.ablation_gaussian_d_in, preset.ablation_sae_steps, say
             )
-    results["targets"] = targets(results)
+    previous: dict[str, Any] = {}
+    if args.merge and (out_dir / "results.json").exists():
+        previous = json.loads((out_dir / "results.json").read_text())
     results["meta"] = {
         "command": "python -m benchmarks.speed " + " ".join(argv if argv is not None else sys.argv[1:]),
         "preset": preset_name,
@@ -288,7 +327,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "memory_note": memory_measure_note(device),
         "default_ortho_mode": OrthoContrastiveTrainingSAEConfig.ortho_mode,
         "seconds": time.perf_counter() - started,
+        "sections": sections,
     }
+    section_meta = {
+        **previous.get("section_meta", {s: previous["meta"] for s in SECTIONS if s in previous}),
+        **{s: results["meta"] for s in sections},
+    }
+    results = {**{s: previous[s] for s in SECTIONS if s in previous and s not in sections}, **results}
+    results["section_meta"] = {s: section_meta[s] for s in SECTIONS if s in results}
+    results["targets"] = targets(results)
 
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
     (out_dir / "results.md").write_text(report.markdown(results))

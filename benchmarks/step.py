@@ -58,6 +58,9 @@ class StepVariant:
     """Coefficients passed in TrainStepInput (the final values)."""
     force_scan: bool = False
     """'close_pairs' only: drop the list before each call, so every call scans."""
+    pin_clock: bool = True
+    """Put the schedule clock back to ``MEASURED_STEP`` before each call (False: it
+    advances as in training)."""
     optimizer: torch.optim.Optimizer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -65,10 +68,11 @@ class StepVariant:
 
     def step(self, x_BD: torch.Tensor) -> None:
         if isinstance(self.sae, OrthoContrastiveTrainingSAE):
-            with torch.no_grad():
-                self.sae.n_steps_trained.fill_(MEASURED_STEP)
-                if self.force_scan:
-                    self.sae.ortho_scan_step.fill_(-1)
+            if self.pin_clock:
+                with torch.no_grad():
+                    self.sae.n_steps_trained.fill_(MEASURED_STEP)
+            if self.force_scan:
+                self.sae.forget_close_pairs()
         out = self.sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x_BD,
@@ -114,6 +118,9 @@ def build_variants(
 
     def ours(**kwargs: Any) -> OrthoContrastiveTrainingSAE:
         torch.manual_seed(seed)
+        # Every timed step computes the ortho term (lazy regularization would skip it at
+        # MEASURED_STEP); section 6 (benchmarks.whole_run) times the defaults over a run.
+        kwargs.setdefault("ortho_lazy_every", 1)
         cfg = OrthoContrastiveTrainingSAEConfig(
             d_in=shape.d_in, d_sae=shape.d_sae, device=device, ortho_anneal_steps=ANNEAL_STEPS, **kwargs
         )

@@ -181,7 +181,22 @@ def tuning_arms() -> list[Arm]:
     return arms
 
 
-GRIDS = {"compare": default_arms, "tuning": tuning_arms}
+def cost_arms() -> list[Arm]:
+    """Issue 12: the default arm as committed (exact ortho term every step) against the
+    cheaper designs: 'close_pairs' (the same loss, provably) and lazy regularization
+    (the term every r steps with weight r), which changes the optimisation."""
+    return [
+        Arm("oc: both (k=128)", OC, "l1_coefficient", L1_SWEEP),
+        Arm("oc: both (k=128), close_pairs", OC, "l1_coefficient", L1_SWEEP, {"ortho_mode": "close_pairs"}),
+        *[
+            Arm(f"oc: both (k=128), close_pairs, lazy {r}", OC, "l1_coefficient", L1_SWEEP,
+                {"ortho_mode": "close_pairs", "ortho_lazy_every": r})
+            for r in (4, 8)
+        ],
+    ]
+
+
+GRIDS = {"compare": default_arms, "tuning": tuning_arms, "cost": cost_arms}
 
 
 @dataclass
@@ -713,7 +728,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="compare",
                         help="'compare' (default): the architectures; 'tuning': the "
-                        "coefficient sweep behind the defaults")
+                        "coefficient sweep behind the defaults; 'cost': the ortho term's cheaper designs (issue 12)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 20k evaluation samples")
     parser.add_argument("--seeds", type=int, help="number of training seeds (0..n-1)")
     parser.add_argument("--samples", type=int, help="training samples per run")
