@@ -113,6 +113,9 @@ class Arm:
             # command reproduces them now that 'close_pairs' is the default (it gives the
             # same loss unless a pair crosses the margin between two scans).
             kwargs.setdefault("ortho_mode", "exact")
+            # Likewise every step, as committed, now that the default is lazy (every 4
+            # steps, weight 4); `--grid cost` compares the two (issue 12).
+            kwargs.setdefault("ortho_lazy_every", 1)
         _, cfg_cls = get_sae_training_class(self.architecture)
         return cfg_cls(d_in=d_in, d_sae=d_sae, **kwargs)
 
