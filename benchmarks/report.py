@@ -173,6 +173,25 @@ def markdown(results: dict[str, Any]) -> str:
             std = [p["rows"][0]["seconds_per_step"] for p in group["phases"]]
             out.append(f"| standard, s/step | " + " | ".join(f"{t:.3f}" for t in std) + " | |")
 
+    if "memory" in results:
+        mem = results["memory"]
+        out += [
+            "",
+            f"## 7. Peak memory of the orthogonality term per mode vs d_sae (d_in={mem['d_in']}, one call each)",
+            "",
+            "Peak = allocated during the call above its start. Held = what 'close_pairs' keeps between steps "
+            "(the list and the unit rows of its scan).",
+            "",
+            "| mode | d_sae | peak (MiB) | held (MiB) |",
+            "|---|---|---|---|",
+        ]
+        for row in mem["rows"]:
+            out.append(f"| {row['variant']} | {row['d_sae']} | {_mb(row['peak_bytes'])} | {_mb(row['held_bytes'])} |")
+        out += ["", "| mode | d_sae range | peak exponent | peak + held exponent |", "|---|---|---|---|"]
+        for name, fit in mem["exponents"].items():
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            out.append(f"| {name} | {fit['d_sae_range']} | {fmt(fit['peak_bytes'])} | {fmt(fit['peak_plus_held_bytes'])} |")
+
     if "approximation" in results:
         approx = results["approximation"]
         out += [

@@ -15,7 +15,9 @@ Writes ``results.json``, ``results.md`` and PNG plots under
 5. the projection's approximation quality against ``k`` (``benchmarks.approximation``; on
    CPU whatever the device: it is small);
 6. the training step along the whole threshold anneal, defaults vs ``standard`` at the
-   start, middle and end and averaged over the run (``benchmarks.whole_run``, issue 12).
+   start, middle and end and averaged over the run (``benchmarks.whole_run``, issue 12);
+7. peak memory of the orthogonality term in every mode against ``d_sae``
+   (``benchmarks.ortho_memory``, issue 12).
 """
 
 from __future__ import annotations
@@ -33,11 +35,20 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from benchmarks import approximation, close_pairs_fidelity, contrastive_cost, ortho_scaling, report, step, whole_run
+from benchmarks import (
+    approximation,
+    close_pairs_fidelity,
+    contrastive_cost,
+    ortho_memory,
+    ortho_scaling,
+    report,
+    step,
+    whole_run,
+)
 from benchmarks.measure import memory_measure_note
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 
-SECTIONS = ("step", "contrastive", "ortho", "fidelity", "approximation", "whole_run")
+SECTIONS = ("step", "contrastive", "ortho", "fidelity", "approximation", "whole_run", "memory")
 RESULTS_ROOT = Path(__file__).parent / "results" / "speed"
 
 
@@ -85,6 +96,8 @@ class Preset:
     """Blockwise ortho / scan block size."""
     whole_run: list[whole_run.WholeRunShape] = field(default_factory=list)
     """Shapes of section 6."""
+    memory_sizes: dict[str, list[int]] = field(default_factory=dict)
+    """d_sae values per section-7 mode (at ortho_d_in)."""
     notes: list[str] = field(default_factory=list)
     """Where sizes were capped, and why."""
 
@@ -113,6 +126,13 @@ PRESETS = {
             whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=8192, batch=4096),
                                     phases=(0.0, 0.5, 1.0), steps=4, warmup=1, compare=False),
         ],
+        memory_sizes={
+            ortho_memory.LIST: _powers(1024, 65536),
+            ortho_memory.CHUNKED: _powers(1024, 65536),
+            ortho_memory.SCAN: _powers(1024, 16384),
+            ortho_memory.OVERFULL: _powers(1024, 16384),
+            ortho_memory.EXACT: _powers(1024, 16384),
+        },
         notes=[
             "Section 2 on CPU: batch 8192 left out (exact at d_in=2304 would take ~1 min per call).",
             "Section 3 on CPU: dense naive, exact blockwise and the scan stop at d_sae=4096 (they grow as "
@@ -139,6 +159,8 @@ PRESETS = {
             whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=65536, batch=4096),
                                     phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=16, warmup=4),
         ],
+        memory_sizes={name: _powers(1024, 65536) for name in (ortho_memory.LIST, ortho_memory.CHUNKED, ortho_memory.SCAN,
+                                                              ortho_memory.OVERFULL, ortho_memory.EXACT)},
         step_repeats=10,
         repeats=10,
         warmup=2,
@@ -158,6 +180,8 @@ PRESETS = {
         fidelity_shape=step.StepShape(d_in=16, d_sae=64, batch=32),
         fidelity_steps=6,
         whole_run=[whole_run.WholeRunShape(step.StepShape(d_in=16, d_sae=64, batch=32), phases=(0.0, 1.0), steps=2, warmup=1)],
+        memory_sizes={name: [64, 128] for name in (ortho_memory.LIST, ortho_memory.CHUNKED, ortho_memory.SCAN,
+                                                   ortho_memory.OVERFULL, ortho_memory.EXACT)},
         ablation_ks=[4, 8],
         ablation_seeds=2,
         ablation_batch=32,
@@ -196,8 +220,8 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         ratio = row["ratio_to_standard"]
         found.append(
             {
-                "target": f"training step, defaults (ortho_mode={OrthoContrastiveTrainingSAEConfig.ortho_mode}) "
-                f"vs standard at d_in={key[0]}, d_sae={key[1]}, batch={key[2]}: ratio <= 1.15"
+                "target": f"training step with the ortho term (ortho_mode={OrthoContrastiveTrainingSAEConfig.ortho_mode}, "
+                "every step) vs standard at d_in={key[0]}, d_sae={key[1]}, batch={key[2]}: ratio <= 1.15"
                 + ("" if key in TARGET_STEP_SHAPES else " (no target at this shape; reported)"),
                 "measured": f"{ratio['median_s']:.3f} [{ratio['q25_s']:.3f}, {ratio['q75_s']:.3f}] ({row['variant']})",
                 "met": ratio["median_s"] <= 1.15,
@@ -228,6 +252,14 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                       "met": average <= 1.10})
         found.append({"target": f"whole run, defaults vs standard at {where}: every phase <= 1.25",
                       "measured": f"max {max(phase_ratios):.3f}", "met": max(phase_ratios) <= 1.25})
+    if "memory" in results:
+        for variant, fit in results["memory"]["exponents"].items():
+            if fit["peak_bytes"] is None:
+                continue
+            found.append({"target": f"{variant}: peak memory of the ortho term linear in d_sae (fitted exponent <= 1.2)",
+                          "measured": f"{fit['peak_bytes']:.2f} over d_sae {fit['d_sae_range']} "
+                          f"(with the list and scan rows held: {fit['peak_plus_held_bytes']:.2f})",
+                          "met": fit["peak_bytes"] <= 1.2 and fit["peak_plus_held_bytes"] <= 1.2})
     if "ortho" in results:
         fits = results["ortho"]["exponents"]
         for variant, key, what in [(ortho_scaling.EXACT, "peak_bytes", "peak memory"), (ortho_scaling.CHUNKED, "time", "time")]:
@@ -303,6 +335,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             shape = preset.fidelity_shape
             results["fidelity"] = close_pairs_fidelity.run(
                 shape.d_in, shape.d_sae, shape.batch, preset.fidelity_steps, [0.0, 0.5], device, say
+            )
+        elif section == "memory":
+            results["memory"] = ortho_memory.run(
+                preset.ortho_d_in, preset.memory_sizes, preset.ortho_chunk_size, preset.block_size, device, say
             )
         elif section == "whole_run":
             results["whole_run"] = whole_run.run(preset.whole_run, device, say)
