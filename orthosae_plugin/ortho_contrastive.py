@@ -63,6 +63,7 @@ from orthosae_plugin.orthogonality import (
     ortho_penalty_exact,
     ortho_penalty_pairs,
     ortho_threshold,
+    pair_row_pointers,
 )
 
 ARCHITECTURE = "ortho_contrastive"
@@ -481,6 +482,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         )
         self.register_buffer("ortho_close_pairs", None, persistent=False)
         self.register_buffer("ortho_scan_decoder", None, persistent=False)
+        self.register_buffer("ortho_close_pair_rows", None, persistent=False)
         self.ortho_scans = 0
         self.ortho_recomputed_steps = 0
         self._clock_cache: tuple[torch.Tensor, int, int] | None = None
@@ -576,7 +578,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
                 assert self.ortho_scan_decoder is not None
                 # Read with the step's finiteness check, in training_forward_pass.
                 self._ortho_drift = drift_bound(D_nd.detach(), self.ortho_scan_decoder)
-                return ortho_penalty_pairs(D_nd, tau, pairs_P2)
+                return ortho_penalty_pairs(D_nd, tau, pairs_P2, self.ortho_close_pair_rows)
             # Too many close pairs for a list: the same loss, computed densely.
         if self.cfg.ortho_mode != "chunked":
             return ortho_penalty_exact(D_nd, tau, self.cfg.ortho_block_size)
@@ -591,6 +593,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     def forget_close_pairs(self) -> None:
         """Drop the close-pair list: the next ortho step scans again."""
         self.ortho_close_pairs = None
+        self.ortho_close_pair_rows = None
         self.ortho_scan_decoder = None
         self.ortho_scan_step = -1
         self._ortho_list_threshold = 0.0
@@ -618,7 +621,9 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
             ))
             threshold = max(self.ortho_threshold_at(step) - self.cfg.ortho_margin, 0.0)
             self.ortho_close_pairs = close_pair_scan(D_nd, threshold, self.cfg.ortho_block_size, max_pairs=max_pairs)
-            self.ortho_scan_decoder = None if self.ortho_close_pairs is None else D_nd.clone()
+            listed = self.ortho_close_pairs is not None
+            self.ortho_scan_decoder = D_nd.clone() if listed else None
+            self.ortho_close_pair_rows = pair_row_pointers(self.ortho_close_pairs, n) if listed else None
             self.ortho_scan_step = step
             self._ortho_list_threshold = threshold
             self._ortho_rescan_next = False

@@ -191,10 +191,16 @@ def close_pair_scan(
     return pairs_P2[order_P]
 
 
-def _pair_csr(pairs_P2: torch.Tensor, n: int, values_P: torch.Tensor) -> torch.Tensor:
-    """The ``(n, n)`` CSR matrix with ``values_P`` at the row-sorted ``pairs_P2``."""
+def pair_row_pointers(pairs_P2: torch.Tensor, n: int) -> torch.Tensor:
+    """CSR row pointers ``(n + 1,)`` of a row-sorted pair list (a device sync on GPU, where
+    ``bincount`` sizes its output on the host: compute it once per list, at the scan)."""
     crow_N1 = torch.zeros(n + 1, dtype=pairs_P2.dtype, device=pairs_P2.device)
     crow_N1[1:] = torch.bincount(pairs_P2[:, 0], minlength=n).cumsum(0)
+    return crow_N1
+
+
+def _pair_csr(pairs_P2: torch.Tensor, crow_N1: torch.Tensor, n: int, values_P: torch.Tensor) -> torch.Tensor:
+    """The ``(n, n)`` CSR matrix with ``values_P`` at the row-sorted ``pairs_P2``."""
     with warnings.catch_warnings():  # "sparse CSR support is in beta state"
         warnings.simplefilter("ignore", UserWarning)
         return torch.sparse_csr_tensor(
@@ -202,9 +208,9 @@ def _pair_csr(pairs_P2: torch.Tensor, n: int, values_P: torch.Tensor) -> torch.T
         )
 
 
-def _pair_cosines(D_nd: torch.Tensor, pairs_P2: torch.Tensor) -> torch.Tensor:
+def _pair_cosines(D_nd: torch.Tensor, pairs_P2: torch.Tensor, crow_N1: torch.Tensor) -> torch.Tensor:
     """``C_ij`` for each listed pair, ``(P,)``: a sampled dense-dense product (SDDMM)."""
-    mask_nn = _pair_csr(pairs_P2, D_nd.shape[0], D_nd.new_zeros(pairs_P2.shape[0]))
+    mask_nn = _pair_csr(pairs_P2, crow_N1, D_nd.shape[0], D_nd.new_zeros(pairs_P2.shape[0]))
     return torch.sparse.sampled_addmm(mask_nn, D_nd, D_nd.T, beta=0.0).values()
 
 
@@ -217,22 +223,24 @@ class _PairThresholdedCosineSquaredSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, D_nd: torch.Tensor, pairs_P2: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
-        C_P = _pair_cosines(D_nd, pairs_P2)
-        ctx.save_for_backward(D_nd, pairs_P2, C_P)
+    def forward(ctx, D_nd: torch.Tensor, pairs_P2: torch.Tensor, crow_N1: torch.Tensor, tau: float) -> torch.Tensor:  # type: ignore[override]
+        C_P = _pair_cosines(D_nd, pairs_P2, crow_N1)
+        ctx.save_for_backward(D_nd, pairs_P2, crow_N1, C_P)
         ctx.tau = tau
         acc_dtype = torch.promote_types(C_P.dtype, torch.float32)
         return F.relu(C_P.abs() - tau).to(acc_dtype).pow(2).sum().to(D_nd.dtype)
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):  # type: ignore[override]
-        D_nd, pairs_P2, C_P = ctx.saved_tensors
+        D_nd, pairs_P2, crow_N1, C_P = ctx.saved_tensors
         G_P = 2.0 * torch.sign(C_P) * F.relu(C_P.abs() - ctx.tau)
-        grad_nd = _pair_csr(pairs_P2, D_nd.shape[0], G_P) @ D_nd
-        return grad_nd.mul_(2.0 * grad_out.to(D_nd.dtype)), None, None
+        grad_nd = _pair_csr(pairs_P2, crow_N1, D_nd.shape[0], G_P) @ D_nd
+        return grad_nd.mul_(2.0 * grad_out.to(D_nd.dtype)), None, None, None
 
 
-def ortho_penalty_pairs(D_nd: torch.Tensor, tau: float, pairs_P2: torch.Tensor) -> torch.Tensor:
+def ortho_penalty_pairs(
+    D_nd: torch.Tensor, tau: float, pairs_P2: torch.Tensor, row_pointers: torch.Tensor | None = None
+) -> torch.Tensor:
     """The exact penalty's terms over the listed pairs only, divided by ``n (n - 1)``.
 
     Equals :func:`ortho_penalty_exact` whenever every pair with ``|C_ij| > tau`` is in
@@ -244,6 +252,7 @@ def ortho_penalty_pairs(D_nd: torch.Tensor, tau: float, pairs_P2: torch.Tensor) 
         pairs_P2: ordered pairs as :func:`close_pair_scan` returns them: both ``(i, j)``
             and ``(j, i)``, sorted by ``i`` then ``j``. The gradient relies on that
             symmetry.
+        row_pointers: :func:`pair_row_pointers` of the list, if already computed.
     """
     if pairs_P2.ndim != 2 or pairs_P2.shape[1] != 2:
         raise ValueError(
@@ -255,7 +264,9 @@ def ortho_penalty_pairs(D_nd: torch.Tensor, tau: float, pairs_P2: torch.Tensor) 
         return D_nd.sum() * 0.0
     # Sparse kernels have no half-precision CPU path; the term is accumulated in fp32.
     D32_nd = D_nd.float() if D_nd.dtype in (torch.float16, torch.bfloat16) else D_nd
-    total = _PairThresholdedCosineSquaredSum.apply(D32_nd, pairs_P2, float(tau))
+    if row_pointers is None:
+        row_pointers = pair_row_pointers(pairs_P2, n)
+    total = _PairThresholdedCosineSquaredSum.apply(D32_nd, pairs_P2, row_pointers, float(tau))
     return (total / (n * (n - 1))).to(D_nd.dtype)  # type: ignore[union-attr]
 
 

@@ -14,7 +14,8 @@ from orthosae_plugin.orthogonality import close_pair_scan
 def build_cfg(**kwargs) -> OrthoContrastiveTrainingSAEConfig:
     # At d_in=64 random directions have |cos| ~ 0.1, so lists are long: allow them.
     defaults = dict(d_in=64, d_sae=256, ortho_anneal_steps=60, contrastive_coefficient=0.0,
-                    ortho_max_pair_fraction=1.0, ortho_max_pairs_per_latent=256)
+                    ortho_max_pair_fraction=1.0, ortho_max_pairs_per_latent=256,
+                    ortho_lazy_every=1)  # the term at every step, except in the lazy test
     return OrthoContrastiveTrainingSAEConfig(**{**defaults, **kwargs})
 
 
