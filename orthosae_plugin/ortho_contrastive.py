@@ -430,8 +430,9 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     non-persistent buffers hold the close-pair list, ``ortho_close_pairs`` ``(P, 2)``
     (None until a scan, or while the list would be over-full), and
     ``ortho_scan_decoder`` ``(d_sae, d_in)``, the unit decoder rows at that scan, against
-    which each step measures how far the rows have moved; ``ortho_scan_step`` is the step
-    of the last scan (-1: none). A checkpoint does not carry them: the first step after
+    which each step measures how far the rows have moved (with ``ortho_close_pair_rows``,
+    the list's CSR row pointers); ``ortho_scan_step`` is the step of the last scan (-1:
+    none). A checkpoint does not carry them: the first step after
     construction, resume or ``load_state_dict`` scans again.
 
     Why a clock of its own rather than ``step_input.n_training_steps``: SAELens writes a
