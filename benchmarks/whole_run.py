@@ -5,7 +5,7 @@ anneal; at its end (tau -> 0.05) many pairs are, the list overflows and the exac
 computed. So one step at one threshold says little about a run. This section places the
 schedule clock at several points of the default anneal (``PHASES``, a share of
 ``ANNEAL_STEPS``) and, at each, trains ``warmup`` untimed steps (the list is scanned as in
-a run) and then ``steps`` timed ones, each ``ortho_contrastive`` variant interleaved with
+a run; the movement check's estimate of how fast the rows move is kept, as in a run) and then ``steps`` timed ones, each ``ortho_contrastive`` variant interleaved with
 SAELens ``standard`` on the same batch, with the clock advancing as in training, so
 scans, rescans, fallbacks and lazy steps fall where a run has them.
 
@@ -90,6 +90,16 @@ def run(
         base = all_variants[0]
         g = torch.Generator().manual_seed(1)
         batches = [torch.randn(shape.batch, shape.d_in, generator=g).to(device) + 1.0 for _ in range(2)]
+        # A run-in before the first phase, so that the first movement check has run (a
+        # fresh SAE does not know how fast its rows move; its first check after the first
+        # scan fails and recomputes that step, once per run).
+        for v in all_variants:
+            if isinstance(v.sae, OrthoContrastiveTrainingSAE):
+                with torch.no_grad():
+                    v.sae.n_steps_trained.fill_(_phase_start(spec.phases[0], spec.steps, spec.warmup))
+        for i in range(OrthoContrastiveTrainingSAEConfig.ortho_lazy_every + 1):
+            for v in all_variants:
+                v.step(batches[i % 2])
         phases = []
         for phase in spec.phases:
             start = _phase_start(phase, spec.steps, spec.warmup)

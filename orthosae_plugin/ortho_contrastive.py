@@ -488,6 +488,9 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         self.ortho_recomputed_steps = 0
         self._clock_cache: tuple[torch.Tensor, int, int] | None = None
         self._ortho_drift: torch.Tensor | None = None
+        # The rows' movement per step, measured at each check: how soon the next scan is
+        # due. A property of the optimisation, so it survives forget_close_pairs.
+        self._ortho_pace = 0.0
         self.forget_close_pairs()
         self.register_load_state_dict_post_hook(_forget_close_pairs)
 
@@ -599,7 +602,6 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         self.ortho_scan_step = -1
         self._ortho_list_threshold = 0.0
         self._ortho_rescan_next = False
-        self._ortho_pace = 0.0
 
     def _close_pairs_at(self, step: int, D_nd: torch.Tensor) -> torch.Tensor | None:
         """The close-pair list serving ``step``; None while it would be over-full.
