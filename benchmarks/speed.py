@@ -293,6 +293,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--warmup", type=int, help="untimed warm-up rounds (default: the preset's)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--out", type=Path, help="results folder (default benchmarks/results/speed/<preset>)")
+    parser.add_argument("--whole-run-d-in", type=int, help="section 6: only the shapes of this d_in")
     parser.add_argument("--merge", action="store_true",
                         help="keep the other sections of the results.json already in --out (each section "
                         "keeps the command and time of the run that measured it)")
@@ -307,6 +308,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         preset = replace(preset, repeats=args.repeats, step_repeats=args.repeats)
     if args.warmup is not None:
         preset = replace(preset, warmup=args.warmup)
+    if args.whole_run_d_in is not None:
+        preset = replace(preset, whole_run=[w for w in preset.whole_run if w.shape.d_in == args.whole_run_d_in])
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     unknown = sorted(set(sections) - set(SECTIONS))
     if unknown:
@@ -369,6 +372,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         **previous.get("section_meta", {s: previous["meta"] for s in SECTIONS if s in previous}),
         **{s: results["meta"] for s in sections},
     }
+    if "whole_run" in results and "whole_run" in previous:  # keep the shapes not rerun
+        rerun = [group["shape"] for group in results["whole_run"]]
+        kept = [group for group in previous["whole_run"] if group["shape"] not in rerun]
+        results["whole_run"] = sorted(kept + results["whole_run"], key=lambda g: (g["shape"]["d_in"], g["shape"]["d_sae"]))
     results = {**{s: previous[s] for s in SECTIONS if s in previous and s not in sections}, **results}
     results["section_meta"] = {s: section_meta[s] for s in SECTIONS if s in results}
     results["targets"] = targets(results)
