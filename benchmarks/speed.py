@@ -98,6 +98,8 @@ class Preset:
     """Shapes of section 6."""
     memory_sizes: dict[str, list[int]] = field(default_factory=dict)
     """d_sae values per section-7 mode (at ortho_d_in)."""
+    fidelity_offsets: list[float] = field(default_factory=lambda: [0.0, 0.5])
+    """Data offsets of the section-4 runs (one run each)."""
     notes: list[str] = field(default_factory=list)
     """Where sizes were capped, and why."""
 
@@ -166,6 +168,29 @@ PRESETS = {
         warmup=2,
         notes=["Section 3 on GPU: dense naive stops at d_sae=16384 (its (n, n) temporaries take ~25 GB at 32768 "
                "and ~100 GB at 65536)."],
+    ),
+    "cpu-quick": Preset(
+        # Sections 4, 6 and 7 cut to under two CPU-minutes each, for a machine whose heavy-job
+        # queue is busy: the cpu preset's shape at 3 points of the anneal, memory with the
+        # quadratic-time modes capped at 8192, one 400-step fidelity run.
+        step_shapes=[step.StepShape(d_in=512, d_sae=4096, batch=2048)],
+        contrastive_batches=[1024],
+        ortho_sizes={},
+        ortho_chunk_size=1024,
+        fidelity_shape=step.StepShape(d_in=128, d_sae=1024, batch=512),
+        fidelity_steps=400,
+        fidelity_offsets=[0.5],
+        whole_run=[whole_run.WholeRunShape(step.StepShape(d_in=512, d_sae=4096, batch=2048),
+                                           phases=(0.0, 0.5, 1.0), steps=8, warmup=2, compare=False)],
+        memory_sizes={
+            ortho_memory.LIST: _powers(1024, 65536),
+            ortho_memory.CHUNKED: _powers(1024, 65536),
+            ortho_memory.SCAN: _powers(1024, 8192),
+            ortho_memory.OVERFULL: _powers(1024, 8192),
+            ortho_memory.EXACT: _powers(1024, 8192),
+        },
+        notes=["cpu-quick: sections 4, 6, 7 cut to under two CPU-minutes each (3 anneal points, d_in=512 shape "
+               "only; exact, scan and over-full memory to d_sae=8192; one 400-step fidelity run)."],
     ),
     "smoke": Preset(
         step_shapes=[step.StepShape(d_in=32, d_sae=128, batch=64)],
@@ -337,7 +362,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         elif section == "fidelity":
             shape = preset.fidelity_shape
             results["fidelity"] = close_pairs_fidelity.run(
-                shape.d_in, shape.d_sae, shape.batch, preset.fidelity_steps, [0.0, 0.5], device, say
+                shape.d_in, shape.d_sae, shape.batch, preset.fidelity_steps, preset.fidelity_offsets, device, say
             )
         elif section == "memory":
             results["memory"] = ortho_memory.run(
