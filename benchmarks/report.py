@@ -44,6 +44,9 @@ def markdown(results: dict[str, Any]) -> str:
         "keeps between forward and backward, other than the inputs'.  ",
         f"Default `ortho_mode`: `{meta['default_ortho_mode']}`.",
         "",
+        *[f"- Section `{name}`: `{m['command']}`, {m['seconds']:.0f} s in that run ({m['machine']}, {m['threads']} thread(s))."
+          for name, m in results.get("section_meta", {}).items()],
+        "",
         *[f"- {note}" for note in meta["sizes"]["notes"]],
         "",
         "## Targets",
@@ -121,19 +124,73 @@ def markdown(results: dict[str, Any]) -> str:
             f"## 4. close_pairs vs exact along a training run (d_in={fid['d_in']}, d_sae={fid['d_sae']}, "
             f"batch={fid['batch']}, {fid['steps']} steps, threshold annealed 0.3 -> 0.05 over the run)",
             "",
-            "| data | scans | steps on the list | steps over-full (exact) | median relative error | max relative error | "
+            "| data | scans (per 1,000 steps) | recomputed steps (per 1,000) | ortho steps on the list | "
+            "ortho steps over-full (exact) | median relative error | max relative error | "
             "steps with error > 1e-3 (first) |",
-            "|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for name, one in fid["runs"].items():
             summary = one["summary"]
             fmt = lambda v: "-" if v is None else f"{v:.2e}"  # noqa: E731
             out.append(
-                f"| synthetic, {name} | {summary['scans']} | {summary['steps_on_the_list']} | "
+                f"| synthetic, {name} | {summary['scans']} ({summary.get('scans_per_1000_steps', 0):.0f}) | "
+                f"{summary.get('recomputed_steps', '-')} ({summary.get('recomputed_per_1000_steps', 0):.0f}) | "
+                f"{summary['steps_on_the_list']} | "
                 f"{summary['steps_fell_back_to_exact']} | {fmt(summary['median_relative_error'])} | "
                 f"{fmt(summary['max_relative_error'])} | {summary['steps_with_relative_error_above_1e-3']} "
                 f"({summary['first_such_step']}) |"
             )
+
+    if "whole_run" in results:
+        out += [
+            "",
+            "## 6. Whole run: the training step along the default anneal (clock advancing, interleaved with standard)",
+            "",
+            "Ratio = summed step time / SAELens `standard`'s over the timed steps of each phase; run average = "
+            "trapezoid mean over the phases. Scans and recomputed steps are those inside the timed window.",
+        ]
+        for group in results["whole_run"]:
+            shape = group["shape"]
+            out += [
+                "",
+                f"`d_in={shape['d_in']}, d_sae={shape['d_sae']}, batch={shape['batch']}`: "
+                f"{group['steps_per_phase']} timed steps per phase after {group['warmup_per_phase']} untimed, "
+                f"anneal of {group['anneal_steps']} steps",
+                "",
+                "| variant | " + " | ".join(f"phase {p['phase']:.2f} (tau {p['rows'][1]['tau']:.3f})" for p in group["phases"])
+                + " | run average |",
+                "|---|" + "---|" * (len(group["phases"]) + 1),
+            ]
+            names = [r["variant"] for r in group["phases"][0]["rows"][1:]]
+            for name in names:
+                cells = []
+                for p in group["phases"]:
+                    row = next(r for r in p["rows"] if r["variant"] == name)
+                    how = "list" if row.get("on_the_list") else ("exact" if "close_pairs" in name or "defaults" in name else "")
+                    extra = f"{how}, {row['scans']} scans, {row['recomputed_steps']} recomputed" if how else ""
+                    cells.append(f"{row['ratio_to_standard']:.2f}" + (f" ({extra})" if extra else ""))
+                out.append(f"| {name} | " + " | ".join(cells) + f" | **{group['run_average_ratio'][name]:.2f}** |")
+            std = [p["rows"][0]["seconds_per_step"] for p in group["phases"]]
+            out.append(f"| standard, s/step | " + " | ".join(f"{t:.3f}" for t in std) + " | |")
+
+    if "memory" in results:
+        mem = results["memory"]
+        out += [
+            "",
+            f"## 7. Peak memory of the orthogonality term per mode vs d_sae (d_in={mem['d_in']}, one call each)",
+            "",
+            "Peak = allocated during the call above its start. Held = what 'close_pairs' keeps between steps "
+            "(the list and the unit rows of its scan).",
+            "",
+            "| mode | d_sae | peak (MiB) | held (MiB) |",
+            "|---|---|---|---|",
+        ]
+        for row in mem["rows"]:
+            out.append(f"| {row['variant']} | {row['d_sae']} | {_mb(row['peak_bytes'])} | {_mb(row['held_bytes'])} |")
+        out += ["", "| mode | d_sae range | peak exponent | peak + held exponent |", "|---|---|---|---|"]
+        for name, fit in mem["exponents"].items():
+            fmt = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
+            out.append(f"| {name} | {fit['d_sae_range']} | {fmt(fit['peak_bytes'])} | {fmt(fit['peak_plus_held_bytes'])} |")
 
     if "approximation" in results:
         approx = results["approximation"]

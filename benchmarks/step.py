@@ -6,9 +6,14 @@ the same for every architecture, is left out). Coefficients are at their final v
 (after the contrastive warm-up), and logging steps (which add a full pass over the
 decoder pairs for the diagnostics) are not measured.
 
+Every ``ortho_contrastive`` row computes the ortho term at every step
+(``ortho_lazy_every=1``): this section prices one step that has it; section 6
+(``benchmarks.whole_run``) prices the defaults, lazy steps included, along a run.
 'close_pairs' costs differ between the step that scans and the steps that reuse the
-list; both are timed and the row ``close_pairs (amortised)`` is
-``(scan step + (rescan_every - 1) reuse steps) / rescan_every``. Its list length depends
+list; both are timed (the reuse rows hold the weights still, Adam at lr 0, so that the
+list is not rescanned) and the row ``close_pairs (amortised)`` is
+``(scan step + (rescan_every - 1) reuse steps) / rescan_every``, a guide only: along a
+run the movement check decides when to rescan (sections 4 and 6). Its list length depends
 on the decoder: a fresh SAE at the start of the anneal has no pair near the threshold, so
 further rows pin the threshold where a chosen share of the pairs is listed.
 """
@@ -58,17 +63,25 @@ class StepVariant:
     """Coefficients passed in TrainStepInput (the final values)."""
     force_scan: bool = False
     """'close_pairs' only: drop the list before each call, so every call scans."""
+    pin_clock: bool = True
+    """Put the schedule clock back to ``MEASURED_STEP`` before each call (False: it
+    advances as in training)."""
+    lr: float = 3e-4
+    """Adam's learning rate. 0 holds the weights still (the same work per step), so that
+    a 'close_pairs' list is reused by every call: rows that move enough make the list
+    rescan, which section 6 (whole run) measures where it happens."""
     optimizer: torch.optim.Optimizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=3e-4)
+        self.optimizer = torch.optim.Adam(self.sae.parameters(), lr=self.lr)
 
     def step(self, x_BD: torch.Tensor) -> None:
         if isinstance(self.sae, OrthoContrastiveTrainingSAE):
-            with torch.no_grad():
-                self.sae.n_steps_trained.fill_(MEASURED_STEP)
-                if self.force_scan:
-                    self.sae.ortho_scan_step.fill_(-1)
+            if self.pin_clock:
+                with torch.no_grad():
+                    self.sae.n_steps_trained.fill_(MEASURED_STEP)
+            if self.force_scan:
+                self.sae.forget_close_pairs()
         out = self.sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x_BD,
@@ -114,6 +127,9 @@ def build_variants(
 
     def ours(**kwargs: Any) -> OrthoContrastiveTrainingSAE:
         torch.manual_seed(seed)
+        # Every timed step computes the ortho term (lazy regularization would skip it at
+        # MEASURED_STEP); section 6 (benchmarks.whole_run) times the defaults over a run.
+        kwargs.setdefault("ortho_lazy_every", 1)
         cfg = OrthoContrastiveTrainingSAEConfig(
             d_in=shape.d_in, d_sae=shape.d_sae, device=device, ortho_anneal_steps=ANNEAL_STEPS, **kwargs
         )
@@ -134,7 +150,7 @@ def build_variants(
         ("ortho close_pairs, reuse step", {"ortho_mode": "close_pairs"}),
     ]:
         sae = ours(**kwargs)
-        variants.append(StepVariant(name, sae, coefficients(sae)))
+        variants.append(StepVariant(name, sae, coefficients(sae), lr=0.0 if "reuse" in name else 3e-4))
     scan = ours(ortho_mode="close_pairs")
     variants.append(StepVariant("ortho close_pairs, scan step", scan, coefficients(scan), force_scan=True))
     for share in listed_shares:
@@ -142,7 +158,7 @@ def build_variants(
         tau = threshold_for_listed_share(probe, share) + probe.cfg.ortho_margin
         tau = min(tau, 1.0)
         sae = ours(ortho_mode="close_pairs", ortho_threshold_start=tau, ortho_threshold_end=tau, ortho_max_pair_fraction=1.0)
-        variants.append(StepVariant(f"ortho close_pairs, reuse step, {share:.1%} of pairs listed", sae, coefficients(sae)))
+        variants.append(StepVariant(f"ortho close_pairs, reuse step, {share:.1%} of pairs listed", sae, coefficients(sae), lr=0.0))
     return variants
 
 

@@ -113,6 +113,9 @@ class Arm:
             # command reproduces them now that 'close_pairs' is the default (it gives the
             # same loss unless a pair crosses the margin between two scans).
             kwargs.setdefault("ortho_mode", "exact")
+            # Likewise every step, as committed, now that the default is lazy (every 4
+            # steps, weight 4); `--grid cost` compares the two (issue 12).
+            kwargs.setdefault("ortho_lazy_every", 1)
         _, cfg_cls = get_sae_training_class(self.architecture)
         return cfg_cls(d_in=d_in, d_sae=d_sae, **kwargs)
 
@@ -181,7 +184,22 @@ def tuning_arms() -> list[Arm]:
     return arms
 
 
-GRIDS = {"compare": default_arms, "tuning": tuning_arms}
+def cost_arms() -> list[Arm]:
+    """Issue 12: the default arm as committed (exact ortho term every step) against the
+    cheaper designs: 'close_pairs' (the same loss, provably) and lazy regularization
+    (the term every r steps with weight r), which changes the optimisation."""
+    return [
+        Arm("oc: both (k=128)", OC, "l1_coefficient", L1_SWEEP),
+        Arm("oc: both (k=128), close_pairs", OC, "l1_coefficient", L1_SWEEP, {"ortho_mode": "close_pairs"}),
+        *[
+            Arm(f"oc: both (k=128), close_pairs, lazy {r}", OC, "l1_coefficient", L1_SWEEP,
+                {"ortho_mode": "close_pairs", "ortho_lazy_every": r})
+            for r in (4, 8)
+        ],
+    ]
+
+
+GRIDS = {"compare": default_arms, "tuning": tuning_arms, "cost": cost_arms}
 
 
 @dataclass
@@ -713,7 +731,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="compare",
                         help="'compare' (default): the architectures; 'tuning': the "
-                        "coefficient sweep behind the defaults")
+                        "coefficient sweep behind the defaults; 'cost': the ortho term's cheaper designs (issue 12)")
     parser.add_argument("--quick", action="store_true", help="1 seed, 20k evaluation samples")
     parser.add_argument("--seeds", type=int, help="number of training seeds (0..n-1)")
     parser.add_argument("--samples", type=int, help="training samples per run")

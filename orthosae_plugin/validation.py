@@ -186,6 +186,8 @@ def _check_ortho_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
     check_real(cfg, "ortho_margin", "in [0, 1] (a |cosine| margin)", 0.0, 1.0)
     check_integer(cfg, "ortho_rescan_every", 1, ">= 1 step")
     check_real(cfg, "ortho_max_pair_fraction", "in (0, 1] (a share of pairs)", 0.0, 1.0, low_open=True)
+    check_real(cfg, "ortho_max_pairs_per_latent", "> 0 (listed pairs per latent before the step computes exact)", 0.0, low_open=True)
+    check_integer(cfg, "ortho_lazy_every", 1, ">= 1 (the ortho term on every r-th step, weighted r)")
     if cfg.ortho_coefficient > 0 and cfg.d_sae < 2:
         raise invalid("d_sae", cfg.d_sae, "the decoder-orthogonality penalty (ortho_coefficient > 0) needs >= 2 latents to have a pair")
 

@@ -213,7 +213,8 @@ def test_with_coefficients_on_the_loss_is_the_base_plus_the_two_named_terms(base
     tau = ours.ortho_threshold_at(300)
     D = ours.W_dec / ours.W_dec.norm(dim=1, keepdim=True)
     assert set(out.losses) == {"mse_loss", "auxiliary_reconstruction_loss", "ortho_loss", "contrastive_loss"}
-    assert_close(out.losses["ortho_loss"], 2.0 * ortho_penalty_exact(D, tau))
+    assert 300 % ours.cfg.ortho_lazy_every == 0  # a step that computes the (lazy) ortho term
+    assert_close(out.losses["ortho_loss"], 2.0 * ours.cfg.ortho_lazy_every * ortho_penalty_exact(D, tau))
     assert_close(out.losses["contrastive_loss"], 0.2 * self_contrastive_loss(x, out.sae_out, 0.1, ours.projection))
     assert out.losses["ortho_loss"] > 0
     for name, value in base_out.losses.items():
@@ -225,7 +226,7 @@ def test_with_coefficients_on_the_loss_is_the_base_plus_the_two_named_terms(base
 @pytest.mark.parametrize("base", list(SAELENS))
 @pytest.mark.parametrize("failure", ["nan_input", "inf_ortho_weight"])
 def test_a_non_finite_loss_leaves_every_weight_and_buffer_as_it_was(base, failure):
-    sae = OrthoContrastiveTrainingSAE(build_cfg(base))
+    sae = OrthoContrastiveTrainingSAE(build_cfg(base, ortho_lazy_every=1))  # the ortho term at step 1 too
     sae.training_forward_pass(step_input(batch(), ortho=1.0))  # moves BatchTopK's threshold off 0
     before = copy.deepcopy(sae.state_dict())
     x, ortho = batch(seed=1), 1.0

@@ -8,11 +8,12 @@ from benchmarks import speed
 def test_speed_benchmark_writes_every_table_plot_and_target_at_smoke_sizes(tmp_path, capsys):
     results = speed.main(["--preset", "smoke", "--out", str(tmp_path)])
 
-    assert set(results) == {"step", "contrastive", "ortho", "fidelity", "approximation", "targets", "meta"}
+    assert set(results) == {"step", "contrastive", "ortho", "fidelity", "approximation", "whole_run", "memory",
+                            "targets", "meta", "section_meta"}
     assert json.loads((tmp_path / "results.json").read_text())["meta"]["preset"] == "smoke"
     markdown = (tmp_path / "results.md").read_text()
     for heading in ["## Targets", "## 1. Training step", "## 2. Contrastive term", "## 3. Orthogonality term",
-                    "## 4. close_pairs vs exact", "## 5. Approximation quality"]:
+                    "## 4. close_pairs vs exact", "## 5. Approximation quality", "## 6. Whole run", "## 7. Peak memory"]:
         assert heading in markdown
     pngs = {p.name for p in tmp_path.glob("*.png")}
     assert pngs == {"step_ratio_0.png", "contrastive_cost.png", "ortho_time.png", "ortho_memory.png",
@@ -28,7 +29,19 @@ def test_speed_benchmark_writes_every_table_plot_and_target_at_smoke_sizes(tmp_p
     assert rows["k=4"]["saved_for_backward_bytes"] < rows["exact"]["saved_for_backward_bytes"]
     assert [row["k"] for row in results["approximation"]["data"]["gaussian"]["rows"]] == [4, 8]
     fidelity = results["fidelity"]["runs"]["offset 0.0"]
-    assert len(fidelity["rows"]) == 6 and fidelity["summary"]["scans"] >= 1
+    assert len(fidelity["rows"]) == 2 and fidelity["summary"]["scans"] >= 1  # ortho steps 0 and 4 of 6 (lazy 4)
+    whole = results["whole_run"][0]
+    assert [p["phase"] for p in whole["phases"]] == [0.0, 1.0]
+    assert any(name.startswith("defaults") for name in whole["run_average_ratio"])
+    assert {row["variant"] for row in results["memory"]["rows"]} >= {"exact (one pass)", "close_pairs, list in use"}
     # the step target is stated for the smoke shape too (marked as having no target there)
     assert any("no target at this shape" in t["target"] for t in results["targets"])
     assert "Results in" in capsys.readouterr().out
+
+
+def test_merge_keeps_the_sections_not_rerun_with_their_own_command(tmp_path):
+    speed.main(["--preset", "smoke", "--sections", "memory", "--out", str(tmp_path)])
+    results = speed.main(["--preset", "smoke", "--sections", "whole_run", "--out", str(tmp_path), "--merge"])
+    assert {"memory", "whole_run"} <= set(results)
+    assert "--sections memory" in results["section_meta"]["memory"]["command"]
+    assert "--sections whole_run" in results["section_meta"]["whole_run"]["command"]

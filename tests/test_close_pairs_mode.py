@@ -1,5 +1,6 @@
-"""ortho_mode='close_pairs' in the training SAE: the same training as 'exact', a list
-rescanned on schedule, never trusted across a state-dict load, never saved."""
+"""ortho_mode='close_pairs' in the training SAE: the exact loss at every step, provably
+(a list checked against how far the decoder rows moved since its scan), never trusted
+across a state-dict load, never saved; lazy regularization; one device sync per step."""
 
 import pytest
 import torch
@@ -13,7 +14,8 @@ from orthosae_plugin.orthogonality import close_pair_scan
 def build_cfg(**kwargs) -> OrthoContrastiveTrainingSAEConfig:
     # At d_in=64 random directions have |cos| ~ 0.1, so lists are long: allow them.
     defaults = dict(d_in=64, d_sae=256, ortho_anneal_steps=60, contrastive_coefficient=0.0,
-                    ortho_max_pair_fraction=1.0)
+                    ortho_max_pair_fraction=1.0, ortho_max_pairs_per_latent=256,
+                    ortho_lazy_every=1)  # the term at every step, except in the lazy test
     return OrthoContrastiveTrainingSAEConfig(**{**defaults, **kwargs})
 
 
@@ -31,103 +33,174 @@ def batch(step, B=32, d=64):
     return torch.randn(B, d, generator=torch.Generator().manual_seed(step)) + 1.0
 
 
-def twin(cfg_a, cfg_b):
+def naive_ortho_penalty(W_dec: torch.Tensor, tau: float) -> torch.Tensor:
+    """mean over ordered pairs i != j of relu(|cos(W_i, W_j)| - tau)^2, the whole matrix."""
+    D = W_dec / W_dec.norm(dim=1, keepdim=True)
+    n = D.shape[0]
+    C = D @ D.T
+    off_diagonal = 1.0 - torch.eye(n)
+    return (torch.relu(C.abs() - tau) * off_diagonal).pow(2).sum() / (n * (n - 1))
+
+
+def reference_step(sae, x, step, ortho_weight):
+    """The same step written plainly: the SAE without its ortho term, plus the naive penalty
+    at the annealed threshold of ``step``. Returns (ortho loss, total loss, gradients)."""
+    ref = OrthoContrastiveTrainingSAE(build_cfg(ortho_coefficient=0.0))
+    ref.load_state_dict(sae.state_dict())
+    out = ref.training_forward_pass(step_input(x, ortho=0.0))
+    ortho = ortho_weight * naive_ortho_penalty(ref.W_dec, sae.ortho_threshold_at(step))
+    (out.loss + ortho).backward()
+    return ortho.detach(), (out.loss + ortho).detach(), {n: p.grad.clone() for n, p in ref.named_parameters()}
+
+
+def test_close_pairs_equals_a_naive_exact_reference_at_every_step_across_rescans():
     torch.manual_seed(0)
-    a = OrthoContrastiveTrainingSAE(cfg_a)
-    b = OrthoContrastiveTrainingSAE(cfg_b)
-    b.load_state_dict(a.state_dict())
-    return a, b
+    # A small margin, a fast-falling threshold and a large learning rate: the list must be
+    # rescanned, and steps recomputed, many times in 30 steps.
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_margin=0.02, ortho_anneal_steps=30, ortho_threshold_start=0.4))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for step in range(30):
+        x = batch(step)
+        want_ortho, want_loss, want_grads = reference_step(sae, x, step, ortho_weight=1.0)
+        out = sae.training_forward_pass(step_input(x))
+        out.loss.backward()
+        assert want_ortho > 0
+        assert_close(out.losses["ortho_loss"], want_ortho, rtol=1e-4, atol=1e-9)
+        assert_close(out.loss, want_loss, rtol=1e-5, atol=1e-7)
+        for name, p in sae.named_parameters():
+            assert_close(p.grad, want_grads[name], rtol=1e-4, atol=1e-7)
+        opt.step()
+        opt.zero_grad()
+    print(f"scans {sae.ortho_scans}, recomputed steps {sae.ortho_recomputed_steps}")
+    assert sae.ortho_scans >= 5  # rescans across threshold changes and movements
+    assert sae.ortho_recomputed_steps >= 1  # and at least one step the check caught late
 
 
-def train_step(sae, opt, step):
-    out = sae.training_forward_pass(step_input(batch(step)))
-    out.loss.backward()
-    grads = {name: p.grad.clone() for name, p in sae.named_parameters()}
-    opt.step()
-    opt.zero_grad()
-    return out, grads
+def orthogonal_sae(**kwargs) -> OrthoContrastiveTrainingSAE:
+    """An SAE whose 64 first decoder rows are orthonormal (no pair listed at a threshold > 0)."""
+    sae = OrthoContrastiveTrainingSAE(build_cfg(d_sae=64, ortho_margin=0.05, **kwargs))
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))[0])
+    return sae
 
 
-def test_close_pairs_trains_exactly_like_exact_while_the_list_is_reused_between_scans():
-    exact, close = twin(build_cfg(ortho_mode="exact"), build_cfg(ortho_mode="close_pairs", ortho_rescan_every=5, ortho_margin=0.1))
-    opt_e = torch.optim.Adam(exact.parameters(), lr=1e-4)
-    opt_c = torch.optim.Adam(close.parameters(), lr=1e-4)
-    scans = []
-    for step in range(12):
-        out_e, grads_e = train_step(exact, opt_e, step)
-        out_c, grads_c = train_step(close, opt_c, step)
-        scans.append(int(close.ortho_scan_step))
-        assert out_e.losses["ortho_loss"] > 0
-        assert_close(out_c.losses["ortho_loss"], out_e.losses["ortho_loss"])
-        assert_close(out_c.loss, out_e.loss)
-        for name in grads_e:
-            assert_close(grads_c[name], grads_e[name])
-    assert scans == [0, 1, 2, 2, 4] + [5] * 5 + [10] * 2  # 1, 2, 4 below rescan_every
-    assert 0 < close.ortho_close_pairs.shape[0] < 0.5 * 256 * 255  # a real list, not all pairs
-
-
-@pytest.mark.parametrize(
-    ("every", "scan_steps"),
-    [(20, [0, 1, 2, 4, 8, 16, 20, 40, 60]), (5, [0, 1, 2, 4, 5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]), (1, list(range(61)))],
-)
-def test_scans_come_at_powers_of_two_then_every_rescan_every_steps(every, scan_steps):
-    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode="close_pairs", ortho_rescan_every=every))
-    seen = []
-    for step in range(61):
-        sae.n_steps_trained.fill_(step)
-        sae._ortho_penalty(sae.ortho_threshold_at(step), step)
-        if int(sae.ortho_scan_step) == step:
-            seen.append(step)
-    assert seen == scan_steps
-
-
-def test_the_list_holds_the_pairs_above_the_lowest_threshold_it_serves_minus_the_margin():
-    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode="close_pairs", ortho_rescan_every=10, ortho_margin=0.03))
-    sae.n_steps_trained.fill_(23)  # an anneal of 60 steps: tau drops fast between 23 and 29
+def test_the_movement_check_recomputes_the_step_when_an_unlisted_pair_could_have_crossed():
+    sae = orthogonal_sae()
     sae.training_forward_pass(step_input(batch(0)))
-    assert int(sae.ortho_scan_step) == 23
-    want = close_pair_scan(sae.unit_decoder().detach(), sae.ortho_threshold_at(29) - 0.03)
-    assert sae.ortho_threshold_at(29) < sae.ortho_threshold_at(23) - 0.03
+    assert sae.ortho_scan_step == 0 and sae.ortho_close_pairs.shape[0] == 0
+    with torch.no_grad():  # row 0 moves onto row 1: the pair (0, 1) now has cos 0.8
+        sae.W_dec[0] = 0.6 * sae.W_dec[0] + 0.8 * sae.W_dec[1]
+    out = sae.training_forward_pass(step_input(batch(1)))
+    assert sae.ortho_recomputed_steps == 1
+    assert sae.ortho_scan_step == 1
+    assert {(0, 1), (1, 0)} <= set(map(tuple, sae.ortho_close_pairs.tolist()))
+    assert out.losses["ortho_loss"] > 0
+    assert_close(out.losses["ortho_loss"], naive_ortho_penalty(sae.W_dec.detach(), sae.ortho_threshold_at(1)))
+
+
+def test_rows_that_move_less_than_the_slack_keep_the_list_without_a_scan():
+    sae = orthogonal_sae()
+    sae.training_forward_pass(step_input(batch(0)))
+    with torch.no_grad():  # movements ~0.01, far below tau - L = margin = 0.05
+        sae.W_dec.add_(0.01 * torch.randn(64, 64, generator=torch.Generator().manual_seed(1)) / 8)
+    sae.training_forward_pass(step_input(batch(1)))
+    assert (sae.ortho_scans, sae.ortho_recomputed_steps, sae.ortho_scan_step) == (1, 0, 0)
+
+
+def test_lazy_regularization_computes_the_term_every_r_steps_with_weight_r():
+    torch.manual_seed(0)
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_lazy_every=3, ortho_coefficient=2.0))
+    for step in range(7):
+        x = batch(step)
+        want_ortho, want_loss, want_grads = reference_step(sae, x, step, ortho_weight=3 * 2.0 if step % 3 == 0 else 0.0)
+        out = sae.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={"l1": 0.5, "ortho": 2.0, "contrastive": 0.0},
+            dead_neuron_mask=None, n_training_steps=step, is_logging_step=False,
+        ))
+        out.loss.backward()
+        assert (out.losses["ortho_loss"] > 0) == (step % 3 == 0)
+        assert_close(out.losses["ortho_loss"], want_ortho, rtol=1e-4, atol=1e-9)
+        for name, p in sae.named_parameters():
+            assert_close(p.grad, want_grads[name], rtol=1e-4, atol=1e-7)
+            p.grad = None
+
+
+@pytest.mark.parametrize("mode", ["close_pairs", "exact", "chunked"])
+def test_a_training_step_syncs_with_the_device_once(monkeypatch, mode):
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode=mode))
+    sae.training_forward_pass(step_input(batch(0)))  # the first step scans (and syncs there)
+    calls = []
+    for method in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):
+        original = getattr(torch.Tensor, method)
+        monkeypatch.setattr(torch.Tensor, method, lambda self, *a, _o=original, _m=method, **k: calls.append(_m) or _o(self, *a, **k))
+    for step in range(1, 4):
+        before = len(calls)
+        sae.training_forward_pass(step_input(batch(step)))
+        assert sae.ortho_scan_step in (0, -1)  # no scan in these steps
+        assert calls[before:] == ["tolist"]
+    assert sae.current_step() == 4
+
+
+def test_the_clock_follows_a_write_from_outside():
+    sae = OrthoContrastiveTrainingSAE(build_cfg())
+    sae.training_forward_pass(step_input(batch(0)))
+    assert sae.current_step() == 1
+    sae.n_steps_trained.fill_(23)
+    assert sae.current_step() == 23
+    sae.training_forward_pass(step_input(batch(0)))
+    assert sae.current_step() == 24 and int(sae.n_steps_trained) == 24
+    state = sae.state_dict()
+    state["n_steps_trained"] = torch.tensor(5)
+    sae.load_state_dict(state)
+    assert sae.current_step() == 5
+
+
+def test_the_list_holds_the_pairs_above_the_threshold_minus_the_margin_at_its_scan():
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_margin=0.03))
+    sae.n_steps_trained.fill_(23)
+    sae.training_forward_pass(step_input(batch(0)))
+    assert sae.ortho_scan_step == 23
+    want = close_pair_scan(sae.unit_decoder().detach(), sae.ortho_threshold_at(23) - 0.03)
     assert torch.equal(sae.ortho_close_pairs, want)
 
 
 def test_a_state_dict_load_or_a_fresh_sae_scans_again_and_the_list_is_never_saved():
-    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode="close_pairs", ortho_rescan_every=100))
+    sae = OrthoContrastiveTrainingSAE(build_cfg())
     sae.n_steps_trained.fill_(3)
     sae.training_forward_pass(step_input(batch(0)))
-    assert int(sae.ortho_scan_step) == 3
+    assert sae.ortho_scan_step == 3
     state = sae.state_dict()
-    assert not {"ortho_close_pairs", "ortho_scan_step"} & set(state)
+    assert not {"ortho_close_pairs", "ortho_scan_decoder", "ortho_scan_step"} & set(state)
 
     with torch.no_grad():
         state["W_dec"] = torch.randn_like(state["W_dec"])
     sae.load_state_dict(state)  # new weights, same step: the old list must not serve them
-    assert int(sae.ortho_scan_step) == -1
+    assert sae.ortho_scan_step == -1 and sae.ortho_scan_decoder is None
     sae.training_forward_pass(step_input(batch(1)))
-    assert int(sae.ortho_scan_step) == 4
-    # it serves steps 4 to 7 (the next scan is at step 8)
-    want = close_pair_scan(sae.unit_decoder().detach(), sae.ortho_threshold_at(7) - sae.cfg.ortho_margin)
+    assert sae.ortho_scan_step == 4
+    want = close_pair_scan(sae.unit_decoder().detach(), sae.ortho_threshold_at(4) - sae.cfg.ortho_margin)
     assert torch.equal(sae.ortho_close_pairs, want)
 
     resumed = OrthoContrastiveTrainingSAE(sae.cfg)
     assert resumed.ortho_close_pairs is None
-    assert int(resumed.ortho_scan_step) == -1
+    assert resumed.ortho_scan_step == -1
 
 
-def test_an_over_full_list_falls_back_to_the_exact_computation():
-    exact, close = twin(build_cfg(ortho_mode="exact"), build_cfg(ortho_mode="close_pairs", ortho_max_pair_fraction=1e-4))
-    out_e = exact.training_forward_pass(step_input(batch(0)))
-    out_c = close.training_forward_pass(step_input(batch(0)))
-    assert close.ortho_close_pairs is None
-    assert int(close.ortho_scan_step) == 0
-    assert out_e.losses["ortho_loss"] > 0
-    assert_close(out_c.losses["ortho_loss"], out_e.losses["ortho_loss"])
+@pytest.mark.parametrize("cap", [{"ortho_max_pair_fraction": 1e-4}, {"ortho_max_pairs_per_latent": 0.5}])
+def test_an_over_full_list_falls_back_to_the_exact_computation_and_retries_later(cap):
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_rescan_every=3, **cap))
+    for step in range(5):
+        out = sae.training_forward_pass(step_input(batch(step)))
+        assert sae.ortho_close_pairs is None
+        assert out.losses["ortho_loss"] > 0
+        assert_close(out.losses["ortho_loss"], naive_ortho_penalty(sae.W_dec.detach(), sae.ortho_threshold_at(step)))
+    assert sae.ortho_scans == 2  # steps 0 and 3
 
 
 def test_no_scan_without_the_ortho_term():
-    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode="close_pairs"))
+    sae = OrthoContrastiveTrainingSAE(build_cfg())
     sae.training_forward_pass(step_input(batch(0), ortho=0.0))
-    assert int(sae.ortho_scan_step) == -1
+    assert sae.ortho_scan_step == -1
 
 
 @pytest.mark.parametrize(
@@ -138,6 +211,9 @@ def test_no_scan_without_the_ortho_term():
         ({"ortho_rescan_every": 0}, r"ortho_rescan_every=0 is invalid: it must be >= 1"),
         ({"ortho_max_pair_fraction": 0.0}, r"ortho_max_pair_fraction=0.0 is invalid: .* \(0, 1\]"),
         ({"ortho_max_pair_fraction": 1.5}, r"ortho_max_pair_fraction=1.5 is invalid"),
+        ({"ortho_max_pairs_per_latent": 0}, r"ortho_max_pairs_per_latent=0 is invalid: it must be > 0"),
+        ({"ortho_lazy_every": 0}, r"ortho_lazy_every=0 is invalid: it must be >= 1"),
+        ({"ortho_lazy_every": 2.5}, r"ortho_lazy_every=2.5 is invalid"),
         ({"ortho_mode": "fast"}, r"ortho_mode='fast' is invalid: allowed modes are exact, chunked, close_pairs"),
     ],
 )

@@ -24,7 +24,9 @@ STEPS = 5
 def build_sae(dtype: str, **kwargs) -> OrthoContrastiveTrainingSAE:
     cfg = OrthoContrastiveTrainingSAEConfig(
         d_in=16, d_sae=32, dtype=dtype, contrastive_warm_up_steps=0, ortho_chunk_size=8,
-        ortho_threshold_start=0.05, **kwargs,  # low threshold: pairs are penalised from step 0
+        ortho_threshold_start=0.05,  # low threshold: pairs are penalised from step 0
+        ortho_lazy_every=1,  # the term on every step, so every step exercises it
+        **kwargs,
     )
     return OrthoContrastiveTrainingSAE(cfg)
 

@@ -10,6 +10,7 @@ from torch.testing import assert_close
 from orthosae_plugin.orthogonality import (
     close_pair_scan,
     decoder_pair_stats,
+    drift_bound,
     ortho_penalty_chunked,
     ortho_penalty_exact,
     ortho_penalty_pairs,
@@ -252,3 +253,34 @@ def test_pair_penalty_keeps_only_the_decoder_and_per_pair_values_for_backward():
 def test_pair_penalty_refuses_a_list_that_is_not_p_by_2():
     with pytest.raises(ValueError, match=r"pairs_P2 of shape \(5,\) is invalid: it must be \(P, 2\)"):
         ortho_penalty_pairs(torch.eye(4), 0.1, torch.zeros(5, dtype=torch.long))
+
+
+# --- the movement bound behind close_pairs' exactness ----------------------------------
+
+
+def test_exact_value_without_a_gradient_is_the_same_as_with_one():
+    D = random_unit_decoder(40, 16)
+    with torch.no_grad():
+        no_grad = ortho_penalty_exact(D, 0.1, 8)
+    assert_close(no_grad, naive_ortho_penalty(D, 0.1))
+    assert_close(no_grad, value_and_grad(lambda D: ortho_penalty_exact(D, 0.1, 8), D)[0])
+
+
+def test_drift_bound_is_the_sum_of_the_two_largest_row_movements():
+    D_scan = random_unit_decoder(30, 8)
+    D = random_unit_decoder(30, 8, seed=1)
+    moved = sorted(((D - D_scan).norm(dim=1)).tolist(), reverse=True)
+    assert_close(drift_bound(D, D_scan).item(), moved[0] + moved[1])
+
+
+@pytest.mark.parametrize("step_size", [0.01, 0.1, 1.0])
+def test_no_cosine_moves_more_than_the_drift_bound(step_size):
+    # |a'.b' - a.b| <= ||a' - a|| + ||b' - b|| for unit rows: every pair, checked densely.
+    D_scan = random_unit_decoder(64, 12)
+    g = torch.Generator().manual_seed(2)
+    D = F.normalize(D_scan + step_size * torch.randn(64, 12, generator=g, dtype=torch.float64), dim=1)
+    moved_n = (D - D_scan).norm(dim=1)
+    change_nn = (D @ D.T - D_scan @ D_scan.T).abs()
+    assert (change_nn <= moved_n[:, None] + moved_n[None, :] + 1e-12).all()
+    off_diagonal = ~torch.eye(64, dtype=torch.bool)
+    assert change_nn[off_diagonal].max() <= drift_bound(D, D_scan) + 1e-12

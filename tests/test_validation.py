@@ -184,6 +184,8 @@ FIELD_SPACE = {  # field: (valid values, bad values)
     "ortho_margin": (floats(0, 1), BAD_REAL),
     "ortho_rescan_every": (st.integers(1, 5), BAD_INT),
     "ortho_max_pair_fraction": (floats(0.01, 1), BAD_REAL | st.just(0.0)),
+    "ortho_max_pairs_per_latent": (floats(0.5, 512), BAD_REAL | st.just(0.0)),
+    "ortho_lazy_every": (st.integers(1, 4), BAD_INT),
     "contrastive_warm_up_steps": (st.integers(0, 2), BAD_INT.filter(lambda v: v != 0)),
     "projection_dim": (st.none() | st.integers(1, 8), BAD_INT.filter(lambda v: v is not None)),
     "contrastive_temperature": (floats(1e-3, 10), BAD_REAL | st.just(0.0)),

@@ -1,0 +1,163 @@
+"""Section 6: the training step's cost along the whole threshold anneal (issue 12).
+
+A 'close_pairs' list is cheap while few pairs are near the threshold, at the start of the
+anneal; at its end (tau -> 0.05) many pairs are, the list overflows and the exact term is
+computed. So one step at one threshold says little about a run. This section places the
+schedule clock at several points of the default anneal (``PHASES``, a share of
+``ANNEAL_STEPS``) and, at each, trains ``warmup`` untimed steps (the list is scanned as in
+a run; the movement check's estimate of how fast the rows move is kept, as in a run) and then ``steps`` timed ones, each ``ortho_contrastive`` variant interleaved with
+SAELens ``standard`` on the same batch, with the clock advancing as in training, so
+scans, rescans, fallbacks and lazy steps fall where a run has them.
+
+Reported per phase: the ratio of summed step times to ``standard``'s, the scans and
+recomputed steps inside the timed window, and whether the list was in use. The run's
+average is the trapezoid mean of the phase ratios over the anneal (the phases are equally
+spaced in steps). The decoder is SAELens's initialisation moved by these few steps, not a
+trained one: its |cos| spread (~1/sqrt(d_in)) is the one a trained decoder must end under.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from benchmarks.measure import synchronize
+from benchmarks.step import StepShape, StepVariant
+from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
+from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
+
+ANNEAL_STEPS = 10_000
+"""Anneal horizon of the SAEs (a run's total steps)."""
+
+
+@dataclass
+class WholeRunShape:
+    """One shape of the whole-run section."""
+
+    shape: StepShape
+    """SAE and batch."""
+    phases: tuple[float, ...]
+    """Points of the anneal (0 = start, 1 = end) at which steps are timed."""
+    steps: int
+    """Timed steps per phase and variant (a multiple of the default lazy period)."""
+    warmup: int
+    """Untimed steps per phase before timing."""
+    compare: bool = True
+    """Also time the defaults without lazy regularization and 'exact' every step."""
+
+
+def variants(shape: StepShape, device: str, compare: bool = True, seed: int = 0) -> list[StepVariant]:
+    """SAELens ``standard``, the defaults, and the defaults without lazy regularization."""
+    torch.manual_seed(seed)
+    standard = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=shape.d_in, d_sae=shape.d_sae, device=device))
+    out = [StepVariant("standard (SAELens)", standard, {"l1": standard.cfg.l1_coefficient}, pin_clock=False)]
+    defaults = OrthoContrastiveTrainingSAEConfig
+    for name, kwargs in [
+        (f"defaults (close_pairs, ortho_lazy_every={defaults.ortho_lazy_every})", {}),
+        ("close_pairs, every step (ortho_lazy_every=1)", {"ortho_lazy_every": 1}),
+        ("exact, every step", {"ortho_mode": "exact", "ortho_lazy_every": 1}),
+    ]:
+        if kwargs and not compare:
+            continue
+        if name.startswith("close_pairs, every step") and defaults.ortho_lazy_every == 1:
+            continue  # the same as the defaults
+        torch.manual_seed(seed)
+        cfg = OrthoContrastiveTrainingSAEConfig(
+            d_in=shape.d_in, d_sae=shape.d_sae, device=device, ortho_anneal_steps=ANNEAL_STEPS, **kwargs
+        )
+        sae = OrthoContrastiveTrainingSAE(cfg)
+        coefficients = {"l1": cfg.l1_coefficient, "ortho": cfg.ortho_coefficient, "contrastive": cfg.contrastive_coefficient}
+        out.append(StepVariant(name, sae, coefficients, pin_clock=False))
+    return out
+
+
+def _phase_start(phase: float, steps: int, warmup: int) -> int:
+    return max(0, min(round(phase * ANNEAL_STEPS), ANNEAL_STEPS - steps - warmup))
+
+
+def run(
+    shapes: list[WholeRunShape], device: str, progress: Callable[[str], None] = lambda _: None
+) -> list[dict[str, Any]]:
+    results = []
+    for spec in shapes:
+        shape = spec.shape
+        progress(f"whole run d_in={shape.d_in} d_sae={shape.d_sae} batch={shape.batch}, phases {spec.phases}")
+        all_variants = variants(shape, device, spec.compare)
+        base = all_variants[0]
+        g = torch.Generator().manual_seed(1)
+        batches = [torch.randn(shape.batch, shape.d_in, generator=g).to(device) + 1.0 for _ in range(2)]
+        # A run-in before the first phase, so that the first movement check has run (a
+        # fresh SAE does not know how fast its rows move; its first check after the first
+        # scan fails and recomputes that step, once per run).
+        for v in all_variants:
+            if isinstance(v.sae, OrthoContrastiveTrainingSAE):
+                with torch.no_grad():
+                    v.sae.n_steps_trained.fill_(_phase_start(spec.phases[0], spec.steps, spec.warmup))
+        for i in range(OrthoContrastiveTrainingSAEConfig.ortho_lazy_every + 1):
+            for v in all_variants:
+                v.step(batches[i % 2])
+        phases = []
+        for phase in spec.phases:
+            start = _phase_start(phase, spec.steps, spec.warmup)
+            for v in all_variants:
+                if isinstance(v.sae, OrthoContrastiveTrainingSAE):
+                    v.sae.forget_close_pairs()
+                    with torch.no_grad():
+                        v.sae.n_steps_trained.fill_(start)
+            for i in range(spec.warmup):
+                for v in all_variants:
+                    v.step(batches[i % 2])
+            counters = {v.name: (getattr(v.sae, "ortho_scans", 0), getattr(v.sae, "ortho_recomputed_steps", 0))
+                        for v in all_variants}
+            seconds: dict[str, list[float]] = {v.name: [] for v in all_variants}
+            for i in range(spec.steps):
+                shift = i % len(all_variants)
+                for v in all_variants[shift:] + all_variants[:shift]:
+                    synchronize(device)
+                    t0 = time.perf_counter()
+                    v.step(batches[i % 2])
+                    synchronize(device)
+                    seconds[v.name].append(time.perf_counter() - t0)
+            rows = []
+            for v in all_variants:
+                sae = v.sae
+                row: dict[str, Any] = {
+                    "variant": v.name,
+                    "seconds_per_step": sum(seconds[v.name]) / spec.steps,
+                    "ratio_to_standard": sum(seconds[v.name]) / sum(seconds[base.name]),
+                }
+                if isinstance(sae, OrthoContrastiveTrainingSAE):
+                    scans0, recomputed0 = counters[v.name]
+                    n = sae.cfg.d_sae
+                    row.update(
+                        scans=sae.ortho_scans - scans0,
+                        recomputed_steps=sae.ortho_recomputed_steps - recomputed0,
+                        tau=sae.ortho_threshold_at(start + spec.warmup),
+                        listed_share=None if sae.ortho_close_pairs is None else sae.ortho_close_pairs.shape[0] / (n * (n - 1)),
+                        on_the_list=sae.cfg.ortho_mode == "close_pairs" and sae.ortho_close_pairs is not None,
+                    )
+                rows.append(row)
+            phases.append({"phase": phase, "first_timed_step": start + spec.warmup, "rows": rows})
+            progress("  phase {:.2f} (tau {:.3f}): ".format(phase, rows[1]["tau"]) + ", ".join(
+                f"{r['variant'].split(' (')[0]} {r['ratio_to_standard']:.2f}" for r in rows[1:]))
+        run_average = {}
+        for v in all_variants[1:]:
+            ratios = [next(r for r in p["rows"] if r["variant"] == v.name)["ratio_to_standard"] for p in phases]
+            run_average[v.name] = trapezoid_mean([p["phase"] for p in phases], ratios)
+        results.append({
+            "shape": vars(shape), "steps_per_phase": spec.steps, "warmup_per_phase": spec.warmup,
+            "anneal_steps": ANNEAL_STEPS, "phases": phases, "run_average_ratio": run_average,
+        })
+    return results
+
+
+def trapezoid_mean(xs: list[float], ys: list[float]) -> float:
+    """Mean of y over [xs[0], xs[-1]] by the trapezoid rule (a plain mean for one point)."""
+    if len(xs) < 2:
+        return ys[0]
+    area = sum((x1 - x0) * (y0 + y1) / 2 for x0, x1, y0, y1 in zip(xs, xs[1:], ys, ys[1:]))
+    return area / (xs[-1] - xs[0])
