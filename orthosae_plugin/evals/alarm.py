@@ -228,4 +228,10 @@ def _check_letters(
         "per_letter_probe_f1": {
             row.letter: [row.gt_probe_f1, row.k1_probe_f1] for row in per_letter.itertuples()
         },
+        "per_letter_main_latent_cos": dict(zip(per_letter["letter"],
+                                               per_letter["k1_decoder_probe_cos"])),
+        "per_letter_aligned_projection_share": dict(zip(
+            per_letter["letter"], per_letter.get("aligned_projection_share",
+                                                 pd.Series([math.nan] * len(per_letter)))
+        )),
     }
