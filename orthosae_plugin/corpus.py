@@ -16,9 +16,12 @@ split is the last :data:`HELDOUT_SHARE` of every document (cut at a line break),
 split the rest, so the two never share text. Any folder of ``.txt`` files (``text_dir``; one
 document per file) works the same way.
 
-Rows: each split's documents are tokenized, joined with ``<|endoftext|>`` (the tokenizer's EOS
-where it has none), cut into rows of exactly ``context_size`` tokens (the remainder dropped),
-and shuffled with a fixed seed, so that the first rows (``max_tokens``) mix all sources.
+Rows: each split's documents are tokenized and joined with ``<|endoftext|>`` (the tokenizer's
+EOS where it has none); the stream is cut into pieces of ``context_size - 1`` tokens (the
+remainder dropped), each row is ``<|endoftext|>`` followed by one piece, and the rows are
+shuffled with a fixed seed, so that the first rows (``max_tokens``) mix all sources. Starting
+every row with that special token lets SAELens's own evals (which mask special tokens) leave
+out position 0, whose residual stream is an outlier (see ``orthosae_plugin.activations``).
 The result is saved with ``Dataset.save_to_disk`` under the cache, keyed by the tokenizer's
 vocabulary, the context size, the source and the split.
 """
@@ -46,7 +49,7 @@ HELDOUT_SHARE = 0.1
 DEBIAN_PACKAGES = ("r-cran-janeaustenr", "sword-text-web")
 SPLITS = ("train", "heldout")
 _TEXT_VERSION = 1  # bump when the text extraction changes
-_ROWS_VERSION = 1  # bump when the row layout changes
+_ROWS_VERSION = 2  # bump when the row layout changes
 _SHUFFLE_SEED = 0
 
 
@@ -207,17 +210,21 @@ def _source_key(text_dir: Path) -> str:
     return hashlib.sha256(json.dumps([str(text_dir.resolve()), listing]).encode()).hexdigest()[:16]
 
 
-def _separator_id(tokenizer: Any) -> int:
+def row_start_token_id(tokenizer: Any) -> int:
+    """The token that separates documents and starts every row: ``<|endoftext|>`` (SmolLM2's
+    document separator in pretraining), else the tokenizer's EOS."""
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if isinstance(sep, int) and sep != tokenizer.unk_token_id or tokenizer.eos_token_id is None:
+    if isinstance(sep, int) and sep >= 0 and tokenizer.convert_ids_to_tokens(sep) == "<|endoftext|>":
         return sep
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has neither <|endoftext|> nor an EOS token to start rows with")
     return tokenizer.eos_token_id
 
 
 def _build_rows(tokenizer: Any, text_dir: Path, split: str, context_size: int) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    sep = _separator_id(tokenizer)
+    sep = row_start_token_id(tokenizer)
     stream: list[int] = []
     files = sorted(text_dir.rglob("*.txt"))
     for path in tqdm(files, desc=f"tokenizing {split} split", file=sys.stderr):
@@ -225,8 +232,11 @@ def _build_rows(tokenizer: Any, text_dir: Path, split: str, context_size: int) -
         if part:
             stream.extend(tokenizer(part, add_special_tokens=False)["input_ids"])
             stream.append(sep)
-    n_rows = len(stream) // context_size
-    rows = np.asarray(stream[: n_rows * context_size], dtype=np.int32).reshape(n_rows, context_size)
+    body = context_size - 1  # every row: the separator, then body tokens of text
+    n_rows = len(stream) // body
+    rows = np.empty((n_rows, context_size), dtype=np.int32)
+    rows[:, 0] = sep
+    rows[:, 1:] = np.asarray(stream[: n_rows * body], dtype=np.int32).reshape(n_rows, body)
     return rows[np.random.default_rng(_SHUFFLE_SEED).permutation(n_rows)]
 
 

