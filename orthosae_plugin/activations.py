@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -41,7 +42,7 @@ from sae_lens.training.activation_scaler import ActivationScaler
 from sae_lens.training.activations_store import ActivationsStore
 
 from orthosae_plugin.corpus import english_corpus, row_start_token_id
-from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME, SMOLLM2_PROCESSING, cache_dir, load_smollm2
+from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME, SMOLLM2_PROCESSING, _publish, cache_dir, load_smollm2
 
 SEQPOS_SLICE = (1, None)
 """Positions kept from every row when caching: all but position 0 (the attention sink)."""
@@ -101,7 +102,7 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
         raise ValueError(f"n_tokens={n_tokens:,} needs {n_rows:,} rows of {context_size} tokens; the training "
                          f"split has {len(corpus):,} rows ({len(corpus) * sliced:,} tokens after position 0)")
     out = _activations_root(hook_name, context_size) / f"{total}tok-{source.replace('/', '_')[-40:]}"
-    tmp = out.with_name(out.name + ".partial")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     bytes_per_token = model.cfg.d_model * 4
     cfg = CacheActivationsRunnerConfig(
@@ -133,8 +134,7 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
         "row_start_token_id": row_start_token_id(model.tokenizer),
         "seconds": round(time.perf_counter() - started, 1),
     }, indent=1))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _publish(tmp, out)
     _say(f"cached {total:,} activations in {time.perf_counter() - started:.0f} s")
     return out
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -42,7 +43,7 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, load_from_disk
 
-from orthosae_plugin.smollm import cache_dir
+from orthosae_plugin.smollm import _publish, cache_dir
 
 HELDOUT_SHARE = 0.1
 """Share of every document, at its end, that forms the held-out split."""
@@ -171,15 +172,14 @@ def debian_text_dir() -> Path:
     if (out / ".complete").exists():
         return out
     root = _fetch_debian_packages()
-    tmp = out.with_name(out.name + ".partial")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _say(f"extracting plain text from {', '.join(DEBIAN_PACKAGES)} into {out}")
     for name, text in [*_austen_documents(root), *_bible_documents(root)]:
         (tmp / f"{name}.txt").write_text(text, encoding="utf-8")
     (tmp / ".complete").write_text(json.dumps({"packages": DEBIAN_PACKAGES}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _publish(tmp, out)
     return out
 
 
@@ -257,18 +257,21 @@ def english_corpus(tokenizer: Any, context_size: int = 128, split: str = "train"
         raise ValueError(f"context_size={context_size}; must be at least 2")
     if max_tokens is not None and max_tokens < context_size:
         raise ValueError(f"max_tokens={max_tokens}; must be at least context_size={context_size}")
-    source = Path(text_dir).expanduser() if text_dir is not None else debian_text_dir()
-    key = f"{_tokenizer_key(tokenizer)}-{_source_key(source)}-ctx{context_size}-{split}-v{_ROWS_VERSION}"
+    if text_dir is None:
+        source, source_key = debian_text_dir(), f"debian{_TEXT_VERSION}"
+    else:
+        source = Path(text_dir).expanduser()
+        source_key = _source_key(source)
+    key = f"{_tokenizer_key(tokenizer)}-{source_key}-ctx{context_size}-{split}-v{_ROWS_VERSION}"
     folder = cache_dir() / "corpus" / key
     if not (folder / "dataset_info.json").exists():
         rows = _build_rows(tokenizer, source, split, context_size)
         if len(rows) == 0:
             raise ValueError(f"the {split} split of {source} has fewer than {context_size} tokens")
-        tmp = folder.with_name(folder.name + ".partial")
+        tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         Dataset.from_dict({"input_ids": rows}).save_to_disk(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        _publish(tmp, folder)
         _say(f"corpus {split}: {len(rows)} rows x {context_size} tokens = {rows.size:,} tokens, cached in {folder}")
     data = load_from_disk(str(folder))
     if max_tokens is not None:
