@@ -99,7 +99,7 @@ from orthosae_plugin.evals.saebench_fixes import (
     seed_everything,
     stop_after_layer,
 )
-from orthosae_plugin.evals.steps import training_steps_of
+from orthosae_plugin.evals.steps import run_schedule, training_steps_of
 
 SMOLLM2_MODEL_NAME = "smollm2-135m-instruct-q4_1"
 """``--model`` name of SmolLM2-135M-Instruct (``orthosae_plugin.smollm.SMOLLM2_MODEL_NAME``)."""
@@ -316,8 +316,10 @@ def run_absorption_eval(
     if sae.cfg.metadata.model_name is None:
         sae.cfg.metadata.model_name = model.cfg.model_name  # SAEBench's cfg check needs one
     deviation, folded, fold_error = fold_decoder_norms(sae)
+    warm_ups, planned = run_schedule(sae, sae_path)
     provenance = SaeProvenance(sae.cfg.d_in, sae.cfg.d_sae, steps, steps_source, deviation,
-                               folded, fold_error, sae.cfg.metadata.model_name)
+                               folded, fold_error, sae.cfg.metadata.model_name, warm_ups,
+                               planned)
     sae = sae.to(device=device, dtype=model.cfg.dtype)
     general_utils._standardize_sae_cfg(sae.cfg)  # as SAEBench's own loader does
 
