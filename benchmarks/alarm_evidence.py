@@ -18,6 +18,11 @@ Run::
 
     OMP_NUM_THREADS=1 python -m benchmarks.alarm_evidence --out runs/alarm_evidence
 
+Real model (``--smollm2 SAE_FOLDER ...``): SmolLM2-135M-Instruct (issue 9), 100 words per
+letter, the given saved SAEs plus an untrained SAE and a random dictionary of the first
+one's shape; ``--probes-from DIR`` copies an existing ``probes/`` cache (the ground-truth
+probe costs minutes of forward passes on a CPU).
+
 Writes ``{out}/evidence.json`` (per case: verdict, reasons, and per letter the numbers the
 rules read) and prints one line per case.
 """
@@ -102,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/alarm_evidence"))
     parser.add_argument("--steps", type=int, nargs="*", default=[0, 4, 50, 300, 1200])
     parser.add_argument("--only", nargs="*", default=None, help="case names to run")
+    parser.add_argument("--smollm2", type=Path, nargs="*", default=None,
+                        help="saved SAEs on SmolLM2 to evaluate (instead of the planted cases)")
+    parser.add_argument("--probes-from", type=Path, default=None,
+                        help="an absorption output folder whose probes/ cache to reuse")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.smollm2 is not None:
+        return smollm2_evidence(args.out, args.smollm2, args.probes_from)
     planted = build_planted_model()
     config = AbsorptionEvalConfig()
     cases: dict[str, SAE | Path] = {}
@@ -125,18 +136,68 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         output = run_absorption_eval(sae, planted.model, args.out / "absorption", config,
                                      sae_name=name, show_progress=False)
-        alarm = get_alarm(output)
-        mean = output.eval_result_metrics.mean
-        evidence[name] = {
-            "mean_absorption": mean.mean_absorption_fraction_score,
-            "mean_full_absorption": mean.mean_full_absorption_score,
-            "verdict": alarm.verdict,
-            "reasons": alarm.reasons,
-            "measured": alarm.measured,
-            "eval_seconds": round(time.perf_counter() - start, 1),
-        }
-        print(f"{name:>12}: absorption {mean.mean_absorption_fraction_score:.3f} "
-              f"{alarm.verdict}: {alarm.reasons}", flush=True)
+        evidence[name] = summarise(output) | {
+            "eval_seconds": round(time.perf_counter() - start, 1)}
+        e = evidence[name]
+        print(f"{name:>12}: absorption {e['mean_absorption']:.3f} {e['verdict']}: "
+              f"{e['reasons']}", flush=True)
+        evidence_path.parent.mkdir(parents=True, exist_ok=True)
+        evidence_path.write_text(json.dumps(evidence, indent=1, default=str))
+    return 0
+
+
+def summarise(output) -> dict:  # noqa: ANN001
+    """What evidence.json keeps of one eval."""
+    alarm = get_alarm(output)
+    mean = output.eval_result_metrics.mean
+    measured = alarm.measured
+    shares = [v for v in measured["per_letter_aligned_projection_share"].values()]
+    cosines = list(measured["per_letter_main_latent_cos"].values())
+    k1 = [f1 for _, f1 in measured["per_letter_probe_f1"].values()]
+    return {
+        "mean_absorption": mean.mean_absorption_fraction_score,
+        "mean_full_absorption": mean.mean_full_absorption_score,
+        "verdict": alarm.verdict,
+        "reasons": alarm.reasons,
+        "notes": alarm.notes,
+        "aligned_share_mean_min": [sum(shares) / len(shares), min(shares)],
+        "main_latent_cos_mean_min": [sum(cosines) / len(cosines), min(cosines)],
+        "k1_f1_mean": sum(k1) / len(k1),
+        "measured": measured,
+    }
+
+
+def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None) -> int:
+    """The alarm on real SAEs: SmolLM2 layer-15 SAEs, an untrained one, a random one."""
+    import shutil
+
+    from orthosae_plugin.smollm import load_smollm2
+
+    model = load_smollm2()
+    target = out / "smollm2_absorption"
+    if probes_from is not None and not (target / "probes").exists():
+        shutil.copytree(probes_from / "probes", target / "probes")
+    first = SAE.load_from_disk(sae_paths[0])
+    d_in, d_sae, hook = first.cfg.d_in, first.cfg.d_sae, first.cfg.metadata.hook_name
+    cases: dict[str, SAE | Path] = {f"{p.parent.name}-{p.name}": p for p in sae_paths}
+    torch.manual_seed(0)
+    untrained = StandardSAE(StandardSAEConfig(d_in=d_in, d_sae=d_sae, metadata=SAEMetadata(
+        model_name=model.cfg.model_name, hook_name=hook)))
+    cases["untrained"] = untrained
+    cases["random"] = random_dictionary(d_in, d_sae, model.cfg.model_name, hook)
+    evidence_path = out / "evidence_smollm2.json"
+    evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else {}
+    for name, sae in cases.items():
+        start = time.perf_counter()
+        output = run_absorption_eval(sae, model, target, AbsorptionEvalConfig(),
+                                     sae_name=name, show_progress=False, words_per_letter=100)
+        evidence[name] = summarise(output) | {
+            "eval_seconds": round(time.perf_counter() - start, 1)}
+        e = evidence[name]
+        print(f"{name}: absorption {e['mean_absorption']:.3f}, aligned share "
+              f"{e['aligned_share_mean_min']}, cos {e['main_latent_cos_mean_min']}, k1 "
+              f"{e['k1_f1_mean']:.2f}, {e['verdict']}: {e['reasons']} "
+              f"({e['eval_seconds']} s)", flush=True)
         evidence_path.parent.mkdir(parents=True, exist_ok=True)
         evidence_path.write_text(json.dumps(evidence, indent=1, default=str))
     return 0

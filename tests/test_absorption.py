@@ -38,6 +38,7 @@ from orthosae_plugin.evals.absorption import (
     fold_decoder_norms,
     format_summary,
     get_vocabulary,
+    load_model,
     load_output,
     main,
     probe_batch_size,
@@ -654,3 +655,23 @@ def test_words_per_letter_must_be_a_positive_integer(planted, tmp_path, bad):
     with pytest.raises(ValueError, match="words_per_letter"):
         run_absorption_eval(untrained_sae(planted), planted.model, tmp_path,
                             show_progress=False, words_per_letter=bad)
+
+
+def test_smollm2_name_loads_through_the_package_loader(monkeypatch):
+    calls = []
+
+    def fake_load_smollm2(device="cpu", dtype=torch.float32):
+        calls.append((device, dtype))
+        return "the SmolLM2 HookedTransformer"
+
+    monkeypatch.setattr("orthosae_plugin.smollm.load_smollm2", fake_load_smollm2)
+    assert load_model("smollm2-135m-instruct-q4_1") == "the SmolLM2 HookedTransformer"
+    assert load_model("smollm2-135m-instruct-q4_1", dtype="bfloat16") is not None
+    assert calls == [("cpu", torch.float32), ("cpu", torch.bfloat16)]
+
+    def broken(device="cpu", dtype=torch.float32):
+        raise FileNotFoundError("no GGUF; run: python -m orthosae_plugin.smollm --fetch\nmore")
+
+    monkeypatch.setattr("orthosae_plugin.smollm.load_smollm2", broken)
+    with pytest.raises(ValueError, match=r"'smollm2-135m-instruct-q4_1': cannot load it: no GGUF"):
+        load_model("smollm2-135m-instruct-q4_1")

@@ -39,7 +39,6 @@ import warnings
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -75,6 +74,7 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
+from orthosae_plugin import smollm
 from orthosae_plugin.evals.alarm import (
     ALARM_KEY,
     AbsorptionAlarm,
@@ -100,9 +100,8 @@ from orthosae_plugin.evals.saebench_fixes import (
     stop_after_layer,
 )
 from orthosae_plugin.evals.steps import run_schedule, training_steps_of
+from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME
 
-SMOLLM2_MODEL_NAME = "smollm2-135m-instruct-q4_1"
-"""``--model`` name of SmolLM2-135M-Instruct (``orthosae_plugin.smollm.SMOLLM2_MODEL_NAME``)."""
 VOCABULARY_KEY = "orthosae_vocabulary"
 """Key of the probed vocabulary (:class:`VocabularyChoice`) in ``eval_result_unstructured``."""
 
@@ -158,12 +157,7 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Hook
     torch_dtype = general_utils.str_to_dtype(dtype or LLM_NAME_TO_DTYPE.get(name, "float32"))
     if name == SMOLLM2_MODEL_NAME:
         try:
-            from orthosae_plugin.smollm import load_smollm2
-        except ImportError as error:
-            raise ValueError(f"--model {name!r}: this install has no orthosae_plugin.smollm "
-                             f"({error})") from error
-        try:
-            return load_smollm2(device=device, dtype=torch_dtype)
+            return smollm.load_smollm2(device=device, dtype=torch_dtype)
         except Exception as error:  # noqa: BLE001 (its own errors say how to fix them)
             raise ValueError(f"--model {name!r}: cannot load it: {one_line(error)}") from error
     try:
