@@ -119,7 +119,7 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
         f"{c.contrastive_warm_up_steps} steps, k={c.projection_dim}\n"
         f"  decoder max |cos|      {max_cos:.3f}; pairs above threshold {frac_above:.2%}\n"
         f"  last step's losses     " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items()) + "\n"
-        f"Held-out text ({metrics['n_tokens']:,} tokens never trained on; SAELens's run_evals, position 0 "
+        f"Held-out text ({metrics['n_tokens']:,} tokens never trained on; SAELens's metric definitions, position 0 "
         f"excluded):\n"
         f"  L0                     {metrics['l0']:.1f}\n"
         f"  explained variance     {metrics['explained_variance']:.3f}\n"
