@@ -10,23 +10,23 @@ numbers, so every rule is tested on hand-written tables.
 
 The rules must tell "untrained or unrelated" from "trained and absorbs a lot". Evidence
 (``python -m benchmarks.alarm_evidence``, planted first-letter model, SAEBench's default
-config, every number below from ``benchmarks/results/alarm_evidence.json``):
+config, every number below from ``benchmarks/results/alarm_evidence/planted.json``):
 
 ============  ==========  ================  ===============  ===========  =======
 case          absorption  aligned share     main-latent cos  k=1 F1       steps
                           (mean / min)      (mean / min)     (mean)
 ============  ==========  ================  ===============  ===========  =======
 planted 0 %   0.000       0.98 / 0.90       0.78 / 0.72      1.00         -
-planted 30 %  0.287       0.99 / 0.89       0.78 / 0.72      0.82         -
+planted 30 %  0.287       0.98 / 0.89       0.78 / 0.72      0.82         -
 planted 60 %  0.531       0.99 / 0.90       0.78 / 0.72      0.61         -
 planted 90 %  0.917       1.00 / 0.97       0.76 / 0.50      0.14         -
 random 256    0.013       0.00 / 0.00       0.21 / 0.10      0.27         -
-random 1211   0.102       0.00 / 0.00       0.24 / 0.12      0.31         -
+random 1211   0.102       0.00 / 0.00       0.23 / 0.12      0.31         -
 init (0)      0.485       0.00 / 0.00       0.18 / 0.10      0.21         0
-ckpt 4        0.000       0.00 / 0.00       -0.11 / -0.28    0.00         4
-ckpt 50       0.000       0.49 / 0.00       0.26 / -0.22     0.36         50
-ckpt 300      0.000       0.99 / 0.98       0.85 / 0.77      1.00         300
-final 1200    0.000       0.98 / 0.94       0.85 / 0.82      1.00         1200
+ckpt 4        0.000       0.00 / 0.00       -0.09 / -0.28    0.00         4
+ckpt 50       0.000       0.48 / 0.00       0.28 / -0.15     0.43         50
+ckpt 300      0.000       0.99 / 0.98       0.85 / 0.82      1.00         300
+final 1200    0.000       0.98 / 0.96       0.85 / 0.82      1.00         1200
 ============  ==========  ================  ===============  ===========  =======
 
 (random-alignment level: 0.41 at d_sae 256, 0.44 at 1211; planted rows are hand-built
@@ -45,7 +45,7 @@ Rules, each with its evidence:
   ``min_aligned_projection_share`` (0.5).
 * **Main latents unaligned.** The k=1 latent's decoder no closer to the probe than the
   best of d_sae random directions: 26/26 letters for random, untrained and 4-step SAEs,
-  17/26 at 50 steps, 0/26 for every planted rate (the 90 % SAE's lowest is 0.50 > 0.44).
+  15/26 at 50 steps, 0/26 for every planted rate (the 90 % SAE's lowest is 0.50 > 0.44).
 * **Exact zero absorption with one split feature everywhere** is believed only with
   near-perfect letter latents (mean k=1 F1 >= 0.9: the clean reference, the 300- and
   1200-step SAEs); with weaker latents it is what an untrained SAE gives.
