@@ -109,10 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", default=None, help="case names to run")
     parser.add_argument("--smollm2", type=Path, nargs="*", default=None,
                         help="saved SAEs on SmolLM2 to evaluate (instead of the planted cases)")
+    parser.add_argument("--smollm2-train", type=Path, default=None,
+                        help="a SmolLM2 activation cache (orthosae_plugin.activations): first "
+                        "train a standard SAE on it as issue 9 did (d_sae 2304, l1 5, lr 1e-3, "
+                        "batch 1024, 600k tokens = 585 steps; no activation normalisation), checkpoints after 50 and 300 "
+                        "steps, and add them to --smollm2")
     parser.add_argument("--probes-from", type=Path, default=None,
                         help="an absorption output folder whose probes/ cache to reuse")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.smollm2_train is not None:
+        args.smollm2 = [*(args.smollm2 or []), *train_smollm2(args.out / "smollm2_train",
+                                                               args.smollm2_train)]
     if args.smollm2 is not None:
         return smollm2_evidence(args.out, args.smollm2, args.probes_from)
     planted = build_planted_model()
@@ -165,6 +173,37 @@ def summarise(output) -> dict:  # noqa: ANN001
         "k1_f1_mean": sum(k1) / len(k1),
         "measured": measured,
     }
+
+
+def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
+                  checkpoints: tuple[int, ...] = (50, 300)) -> list[Path]:
+    """Issue 9's `standard` SAE on SmolLM2 layer 15 through SAELens's runner, with SAELens
+    training checkpoints after `checkpoints` steps; returns [checkpoints..., final]."""
+    from sae_lens import StandardTrainingSAEConfig
+
+    from orthosae_plugin.activations import smollm2_runner_config, smollm2_training_runner
+
+    batch = 1024
+    final = out / "final"
+    if not (final / "cfg.json").exists():
+        original_init = SAETrainer.__init__
+
+        def init_with_checkpoints(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003
+            original_init(self, *args, **kwargs)
+            self.checkpoint_thresholds = [n * batch - 1 for n in checkpoints]
+
+        cfg = smollm2_runner_config(
+            # no activation normalisation: a checkpoint would be in the scaled space
+            # (SAELens folds the scaling factor into the weights only at the end)
+            StandardTrainingSAEConfig(d_in=576, d_sae=2304, l1_coefficient=5.0),
+            activations, tokens, train_batch_size_tokens=batch, lr=1e-3,
+            output_path=str(final), checkpoint_path=str(out / "checkpoints"),
+            n_checkpoints=len(checkpoints))
+        with mock.patch.object(SAETrainer, "__init__", init_with_checkpoints):
+            smollm2_training_runner(cfg).run()
+    saved = sorted((out / "checkpoints").rglob("trainer_state.pt"),
+                   key=lambda state: int(state.parent.name))
+    return [state.parent for state in saved] + [final]
 
 
 def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None) -> int:

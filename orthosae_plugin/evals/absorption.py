@@ -642,11 +642,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the SAE's recorded training steps for the alarm")
     parser.add_argument("--min-training-steps", type=int,
                         default=default_thresholds.min_training_steps,
-                        help="alarm below this many recorded training steps (default "
+                        help="alarm below this many steps actually trained (the checkpoint's "
+                        "clock, else the SAE's metadata; default "
                         f"{default_thresholds.min_training_steps})")
     parser.add_argument("--min-k1-probe-f1", type=float,
                         default=default_thresholds.min_k1_probe_f1,
-                        help="alarm when most letters' best single latent has a lower F1 "
+                        help="note (not an alarm: heavy absorption lowers it) when most "
+                        "letters' best single latent has a lower F1 "
                         f"(default {default_thresholds.min_k1_probe_f1})")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when the result is untrustworthy")
