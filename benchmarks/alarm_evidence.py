@@ -112,8 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smollm2-train", type=Path, default=None,
                         help="a SmolLM2 activation cache (orthosae_plugin.activations): first "
                         "train a standard SAE on it as issue 9 did (d_sae 2304, l1 5, lr 1e-3, "
-                        "batch 1024, 600k tokens = 585 steps; no activation normalisation), checkpoints after 50 and 300 "
-                        "steps, and add them to --smollm2")
+                        "batch 1024, 600k tokens = 585 steps; no activation "
+                        "normalisation), a checkpoint after 300 steps, and add them to "
+                        "--smollm2")
     parser.add_argument("--probes-from", type=Path, default=None,
                         help="an absorption output folder whose probes/ cache to reuse")
     args = parser.parse_args(argv)
@@ -176,7 +177,7 @@ def summarise(output) -> dict:  # noqa: ANN001
 
 
 def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
-                  checkpoints: tuple[int, ...] = (50, 300)) -> list[Path]:
+                  checkpoints: tuple[int, ...] = (300,)) -> list[Path]:
     """Issue 9's `standard` SAE on SmolLM2 layer 15 through SAELens's runner, with SAELens
     training checkpoints after `checkpoints` steps; returns [checkpoints..., final]."""
     from sae_lens import StandardTrainingSAEConfig
