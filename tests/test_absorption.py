@@ -642,7 +642,8 @@ def test_words_per_letter_probes_a_recorded_seeded_subsample(planted, tmp_path, 
 def test_cli_words_per_letter(planted, tmp_path, capsys):
     build_reference_sae(planted, 3).save_model(tmp_path / "sae")
     status = main(["--sae", str(tmp_path / "sae"), "--model", "planted-first-letter", "--out",
-                   str(tmp_path / "out"), "--words-per-letter", "40", "--seed", "1", "--max-k-value", "3",
+                   str(tmp_path / "out"), "--words-per-letter", "40", "--seed", "1",
+                   "--max-k-value", "3",
                    "--quiet"])
     assert status == 0
     assert "seeded subsample of 40 words" in " ".join(capsys.readouterr().out.split())

@@ -353,10 +353,11 @@ def _run_saebench_experiments(
 ) -> pd.DataFrame:
     """SAEBench's ground-truth probe, k-sparse probing and absorption experiments, with
     every path under `output_dir`; returns :func:`per_letter_table`."""
-    fingerprint = model_fingerprint(
-        model, config.prompt_template, config.prompt_token_pos, config.random_seed,
-        *(() if vocab.words_per_letter is None else (("words_per_letter", vocab.words_per_letter),)),
-    )  # the full vocabulary keeps the fingerprint it had before words_per_letter existed
+    # the full vocabulary keeps the fingerprint it had before words_per_letter existed
+    subsample = () if vocab.words_per_letter is None else (
+        ("words_per_letter", vocab.words_per_letter),)
+    fingerprint = model_fingerprint(model, config.prompt_template, config.prompt_token_pos,
+                                    config.random_seed, *subsample)
     probes_dir = output_dir / "probes" / f"{_safe(model.cfg.model_name)}-{fingerprint}"
     artifacts = output_dir / "artifacts"
     common = dict(
