@@ -113,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="a SmolLM2 activation cache (orthosae_plugin.activations): first "
                         "train a standard SAE on it as issue 9 did (d_sae 2304, l1 5, lr 1e-3, "
                         "batch 1024, 600k tokens = 585 steps; no activation "
-                        "normalisation), a checkpoint after 300 steps, and add them to "
-                        "--smollm2")
+                        "normalisation), and add it to --smollm2")
     parser.add_argument("--probes-from", type=Path, default=None,
                         help="an absorption output folder whose probes/ cache to reuse")
     args = parser.parse_args(argv)
@@ -177,7 +176,7 @@ def summarise(output) -> dict:  # noqa: ANN001
 
 
 def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
-                  checkpoints: tuple[int, ...] = (300,)) -> list[Path]:
+                  checkpoints: tuple[int, ...] = ()) -> list[Path]:
     """Issue 9's `standard` SAE on SmolLM2 layer 15 through SAELens's runner, with SAELens
     training checkpoints after `checkpoints` steps; returns [checkpoints..., final]."""
     from sae_lens import StandardTrainingSAEConfig
@@ -198,11 +197,12 @@ def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
             # (SAELens folds the scaling factor into the weights only at the end)
             StandardTrainingSAEConfig(d_in=576, d_sae=2304, l1_coefficient=5.0),
             activations, tokens, train_batch_size_tokens=batch, lr=1e-3,
-            output_path=str(final), checkpoint_path=str(out / "checkpoints"),
+            output_path=str(final),
+            checkpoint_path=str(out / "checkpoints") if checkpoints else None,
             n_checkpoints=len(checkpoints))
         with mock.patch.object(SAETrainer, "__init__", init_with_checkpoints):
             smollm2_training_runner(cfg).run()
-    saved = sorted((out / "checkpoints").rglob("trainer_state.pt"),
+    saved = sorted((out / "checkpoints").rglob("trainer_state.pt") if checkpoints else [],
                    key=lambda state: int(state.parent.name))
     return [state.parent for state in saved] + [final]
 
