@@ -41,8 +41,12 @@ Rules, each with its evidence:
   :func:`random_alignment_level`). A letter latent and the latents that absorb it both
   carry the letter direction (that is what absorption means), so absorption does not
   lower it: 0.98-1.00 from 0 % to 90 % planted absorption. Random and untrained
-  dictionaries: 0.00. Fires when more than half of the scored letters are below
-  ``min_aligned_projection_share`` (0.5).
+  dictionaries: 0.00 (by construction: any latent above the random level occurs with
+  probability at most ``alignment_p_value``). Fires when more than half of the scored
+  letters are below ``min_aligned_projection_share`` (0.25: anything between 0 and 0.89
+  separates the planted cases; the low end leaves room for real dictionaries, where many
+  weakly aligned active latents share the letter's projection. Not yet measured on a
+  well-trained real SAE; see the README).
 * **Main latents unaligned.** The k=1 latent's decoder no closer to the probe than the
   best of d_sae random directions: 26/26 letters for random, untrained and 4-step SAEs,
   15/26 at 50 steps, 0/26 for every planted rate (the 90 % SAE's lowest is 0.50 > 0.44).
@@ -95,7 +99,7 @@ class AlarmThresholds:
     experiment this package exists for evaluated SAEs trained for 4 and 0 steps). 1000
     before: that flagged real SmolLM2 SAEs trained 586 steps that measure correctly (see
     the module docstring)."""
-    min_aligned_projection_share: float = 0.5
+    min_aligned_projection_share: float = 0.25
     """A letter whose projection onto its probe direction is carried less than this much
     by latents aligned with the probe beyond chance has no latents for the letter, neither
     its own nor absorbing ones (reference SAEs at 0-90 % absorption: >= 0.89 per letter;
