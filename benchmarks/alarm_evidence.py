@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         args.smollm2 = [*(args.smollm2 or []), *train_smollm2(args.out / "smollm2_train",
                                                                args.smollm2_train)]
     if args.smollm2 is not None:
-        return smollm2_evidence(args.out, args.smollm2, args.probes_from)
+        return smollm2_evidence(args.out, args.smollm2, args.probes_from, args.only)
     planted = build_planted_model()
     config = AbsorptionEvalConfig()
     cases: dict[str, SAE | Path] = {}
@@ -207,7 +207,8 @@ def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
     return [state.parent for state in saved] + [final]
 
 
-def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None) -> int:
+def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None,
+                     only: list[str] | None = None) -> int:
     """The alarm on real SAEs: SmolLM2 layer-15 SAEs, an untrained one, a random one."""
     import shutil
 
@@ -228,6 +229,8 @@ def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None)
     evidence_path = out / "evidence_smollm2.json"
     evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else {}
     for name, sae in cases.items():
+        if only is not None and name not in only:
+            continue
         start = time.perf_counter()
         output = run_absorption_eval(sae, model, target, AbsorptionEvalConfig(),
                                      sae_name=name, show_progress=False, words_per_letter=100)

@@ -67,6 +67,13 @@ Rules, each with its evidence:
   no measurement can flag it; what is wrong with it is that its contrastive term was 30 %
   warmed up: the warm-up rule flags it (and any checkpoint before its warm-ups end),
   while a checkpoint past its warm-ups but short of its budget gets a note.
+* **On SmolLM2** (layer 15, 576 x 1152, 100 words per letter, 24 letters scored;
+  ``benchmarks/results/alarm_evidence/smollm2.json``): an untrained SAE scores absorption
+  0.650 and a random dictionary 0.588, both with aligned share 0.00 on every letter and
+  main-latent cosines 0.07 mean (random level 0.21): flagged by both letter rules. A
+  well-trained real SAE was not measured with these rules in this session (see the
+  README); the main-latent rule is unchanged from the version that trusted issue 9's
+  600k-token SAEs.
 * Decoder norms that cannot be folded, an SAE evaluated on another model than it was
   trained on, and fewer than ``min_feats_for_eval`` letters passing the ground-truth
   probe are reasons as before.
