@@ -9,51 +9,45 @@ JSON schema as ``sae_bench`` writes). It wraps, rather than calls,
 * always loads its LLM by name from the hub (main.py:62);
 * writes ``artifacts/absorption/`` into the working directory (main.py:101) and leaves its
   probe caches inside site-packages (common.py:33, the building blocks' default dirs);
-* keys probe caches by model name and layer only, and ``force`` does not retrain them
-  (common.py:50-63), so a second model with the same name silently reuses the first's probe;
 * skips an SAE whose result file exists (main.py:78) and ``break``s out of the loop when
-  too few letters pass the ground-truth probe (main.py:111-118), reporting nothing;
-* for SAE objects only *warns* when decoder rows are not unit-norm (general_utils.py:115),
-  and the metric is then wrong (the planted 60 % reference SAE with decoder norms spread
-  over 0.2 .. 5 scores 0.35);
-* never applies ``config.random_seed``, and lists the vocabulary in hash-map order, so its
-  probe split differs from run to run (see :func:`_sorted_saebench_vocabulary`);
-* trains the k-sparse probes with ``k_sparse_probe_batch_size = 4096``: on a small
-  vocabulary that is one optimiser step per epoch, and the planted clean reference SAE
-  (true absorption 0) scores 0.65.
+  too few letters pass the ground-truth probe (main.py:111-118), reporting nothing.
 
-Everything here is what is needed to fix those and nothing more: all files go under one
-output folder, probes are cached per model *fingerprint*, decoder norms are folded into a
-copy of the SAE, the hook is checked, probe batches are scaled to the vocabulary, and the
-result carries a verdict (:class:`AbsorptionAlarm`, stored in the output's
-``eval_result_unstructured``) saying whether it can be trusted.
+The other workarounds (vocabulary order and subsample, a forward that stops after the SAE's
+layer, probe batch sizes, decoder-norm folding, probe-cache keys, input checks) are in
+:mod:`orthosae_plugin.evals.saebench_fixes`, each naming the SAEBench line it works around.
+The verdict on whether a result can be trusted is :mod:`orthosae_plugin.evals.alarm`.
+
+Real vocabularies: SAEBench probes every alphabetic token (47,078 for SmolLM2's 49k
+vocabulary: ~4M tokens of forward passes). ``words_per_letter=100`` probes a seeded
+subsample of at most 100 words per first letter instead (issue 9: ground-truth probe F1
+0.80 mean at SmolLM2 layer 15, 25 of 26 letters above 0.6; 40 per letter was too few, 17
+of 26); the choice is recorded in the result (``eval_result_unstructured["orthosae_vocabulary"]``)
+and named in the printed verdict.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import hashlib
 import json
-import random
 import re
 import statistics
 import sys
+import tempfile
 import textwrap
 import warnings
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import torch
-from sae_bench.evals.absorption import common as saebench_common
-from sae_bench.evals.absorption import feature_absorption as saebench_feature_absorption
-from sae_bench.evals.absorption.common import load_or_train_probe
+from sae_bench.evals.absorption.common import (
+    load_or_train_probe,
+    load_probe,
+    load_probe_data_split,
+)
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_bench.evals.absorption.eval_output import (
     EVAL_TYPE_ID_ABSORPTION,
@@ -65,8 +59,7 @@ from sae_bench.evals.absorption.eval_output import (
 from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
 from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
 from sae_bench.evals.absorption.main import _aggregate_results_df
-from sae_bench.evals.absorption.prompting import create_icl_prompt
-from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
+from sae_bench.evals.absorption.vocab import LETTERS
 from sae_bench.sae_bench_utils import (
     general_utils,
     get_eval_uuid,
@@ -75,41 +68,60 @@ from sae_bench.sae_bench_utils import (
 )
 from sae_bench.sae_bench_utils.activation_collection import LLM_NAME_TO_DTYPE
 from sae_lens import SAE
-from sae_lens.constants import RUNNER_CFG_FILENAME
+from sae_lens.constants import SAE_CFG_FILENAME
 from sklearn.exceptions import UndefinedMetricWarning
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.loading_from_pretrained import get_official_model_name
 
+from orthosae_plugin import smollm
 from orthosae_plugin.evals.alarm import (
     ALARM_KEY,
-    NORM_TOLERANCE,
     AbsorptionAlarm,
     AlarmThresholds,
     SaeProvenance,
     assess_result,
     get_alarm,
+    random_alignment_level,
 )
 from orthosae_plugin.evals.planted import PLANTED_MODEL_NAME, build_planted_model
+from orthosae_plugin.evals.saebench_fixes import (
+    VocabularyChoice,
+    check_hook,
+    check_prompt_position,
+    check_split_covers_letters,
+    choose_vocabulary,
+    fold_decoder_norms,
+    model_fingerprint,
+    precalc_fits,
+    probe_batch_size,
+    saebench_vocabulary,
+    seed_everything,
+    stop_after_layer,
+)
+from orthosae_plugin.evals.steps import run_schedule, training_steps_of
+from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME
+
+VOCABULARY_KEY = "orthosae_vocabulary"
+"""Key of the probed vocabulary (:class:`VocabularyChoice`) in ``eval_result_unstructured``."""
 
 __all__ = [
     "AbsorptionEvalError",
     "AlarmThresholds",
+    "check_hook",
+    "fold_decoder_norms",
     "format_summary",
     "get_alarm",
+    "get_vocabulary",
     "load_model",
     "load_output",
     "main",
+    "probe_batch_size",
     "result_path",
     "run_absorption_eval",
+    "training_steps_of",
 ]
 
-RESID_POST_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
-# SAEBench splits the alphabetic vocabulary 80/20 into probe train/test words
-# (probing.py: create_dataset_probe_training, train_test_fraction=0.8).
-SAEBENCH_TRAIN_FRACTION = 0.8
-MIN_PROBE_STEPS_PER_EPOCH = 8
-"""k-sparse probe batches are capped so that each epoch takes at least this many steps."""
-PRECALC_MAX_BYTES = 2**30
 SCORE_COLUMNS = ("mean_absorption_fraction", "full_absorption_rate", "num_split_features",
                  "num_full_absorption", "num_probe_true_positives")
 
@@ -130,213 +142,73 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Hook
     """Load the model an SAE is evaluated on, by name.
 
     ``"planted-first-letter"`` builds the offline planted model (default
-    :class:`~orthosae_plugin.evals.planted.PlantedModelConfig`); any other name goes to
+    :class:`~orthosae_plugin.evals.planted.PlantedModelConfig`);
+    ``"smollm2-135m-instruct-q4_1"`` loads SmolLM2-135M-Instruct offline through
+    ``orthosae_plugin.smollm.load_smollm2``; any other name goes to
     ``HookedTransformer.from_pretrained_no_processing`` (the hub, or the local Hugging Face
     cache with ``HF_HUB_OFFLINE=1``), in SAEBench's dtype for that model unless given.
+
+    Raises:
+        ValueError: one line naming the model and the problem (unknown name, or a known
+            one that cannot be loaded here).
     """
     if name == PLANTED_MODEL_NAME:
         return build_planted_model(device=device).model
-    dtype_str = dtype or LLM_NAME_TO_DTYPE.get(name, "float32")
-    return HookedTransformer.from_pretrained_no_processing(
-        name, device=device, dtype=general_utils.str_to_dtype(dtype_str)
-    )
-
-
-def training_steps_of(sae: SAE, sae_path: Path | None = None) -> tuple[int | None, str]:
-    """The SAE's recorded number of training steps and where it was read from.
-
-    Order: ``cfg.metadata.training_steps``; then SAELens's ``runner_cfg.json`` next to a
-    saved SAE (``training_tokens // train_batch_size_tokens``); else unknown.
-    """
-    steps = sae.cfg.metadata.get("training_steps")
-    if steps is not None:
-        return int(steps), "cfg.metadata.training_steps"
-    if sae_path is not None and (sae_path / RUNNER_CFG_FILENAME).exists():
-        runner_cfg = json.loads((sae_path / RUNNER_CFG_FILENAME).read_text())
-        tokens, batch = runner_cfg.get("training_tokens"), runner_cfg.get("train_batch_size_tokens")
-        if tokens is not None and batch:
-            source = f"{RUNNER_CFG_FILENAME} (training_tokens // train_batch_size_tokens)"
-            return int(tokens) // int(batch), source
-    return None, "unknown"
-
-
-def check_hook(sae: SAE, model: HookedTransformer) -> int:
-    """Return the layer SAEBench will read, or raise if it would read the wrong place.
-
-    SAEBench reads activations at ``blocks.{layer}.hook_resid_post`` with ``layer`` the
-    first number in the SAE's hook name (general_utils.py:296), so an SAE trained on any
-    other hook would be evaluated on activations it never saw, without a word.
-    """
-    hook_name = sae.cfg.metadata.hook_name
-    match = RESID_POST_HOOK.match(str(hook_name))
-    allowed = f"'blocks.N.hook_resid_post' with 0 <= N < {model.cfg.n_layers}"
-    if match is None:
-        hint = ""
-        pre = re.match(r"^blocks\.(\d+)\.hook_resid_pre$", str(hook_name))
-        if pre and int(pre.group(1)) > 0:
-            hint = (
-                f" (blocks.{pre.group(1)}.hook_resid_pre carries the same activations as "
-                f"blocks.{int(pre.group(1)) - 1}.hook_resid_post; set "
-                "sae.cfg.metadata.hook_name to that if you mean it)"
-            )
-        raise ValueError(
-            f"sae.cfg.metadata.hook_name={hook_name!r}: SAEBench's absorption eval reads "
-            f"only residual-stream outputs; allowed: {allowed}{hint}"
-        )
-    layer = int(match.group(1))
-    if layer >= model.cfg.n_layers:
-        raise ValueError(
-            f"sae.cfg.metadata.hook_name={hook_name!r}: model {model.cfg.model_name!r} has "
-            f"{model.cfg.n_layers} layers; allowed: {allowed}"
-        )
-    if sae.cfg.metadata.hook_head_index is not None:
-        raise ValueError(
-            f"sae.cfg.metadata.hook_head_index={sae.cfg.metadata.hook_head_index}; allowed: None "
-            "(the eval reads the whole residual stream)"
-        )
-    if sae.cfg.d_in != model.cfg.d_model:
-        raise ValueError(
-            f"sae.cfg.d_in={sae.cfg.d_in} but model {model.cfg.model_name!r} has "
-            f"d_model={model.cfg.d_model}; allowed: d_in == d_model"
-        )
-    return layer
-
-
-def check_prompt_position(model: HookedTransformer, config: AbsorptionEvalConfig) -> None:
-    """Raise unless ``config.prompt_token_pos`` points at the word in SAEBench's prompts.
-
-    SAEBench's default (-6) assumes " has the first letter:" is five tokens, as in Gemma's
-    and GPT-2's tokenizers; with another tokenizer every activation would be read from the
-    wrong token.
-    """
-    vocab = sorted(get_alpha_tokens(model.tokenizer))  # type: ignore[arg-type]
-    words = vocab[:: max(1, len(vocab) // 20)][:20]
-    hits = 0
-    for word in words:
-        prompt = create_icl_prompt(
-            word,
-            examples=vocab,
-            base_template=config.prompt_template,
-            max_icl_examples=min(10, len(vocab) - 1),
-            prepend_separator_to_first_example=True,
-        )
-        str_tokens = model.to_str_tokens(prompt.base)
-        hits += str(str_tokens[config.prompt_token_pos]).strip() == word.strip()
-    if 2 * hits < len(words):
-        tail = model.to_str_tokens(config.prompt_template.format(word=words[0]))
-        raise ValueError(
-            f"config.prompt_token_pos={config.prompt_token_pos} does not point at the word "
-            f"for {len(words) - hits} of {len(words)} sample words; this model tokenizes "
-            f"{config.prompt_template.format(word=words[0])!r} as {tail}; allowed: the "
-            "negative index of the word token"
-        )
-
-
-def fold_decoder_norms(sae: SAE) -> tuple[float, bool, str | None]:
-    """Fold decoder norms into the encoder (in place) so that SAEBench's cosines and
-    projections are taken against unit decoder rows, as its metric assumes.
-
-    Returns (max |‖W_dec[i]‖ - 1| before folding, whether rows are unit-norm now, and the
-    architecture's reason when it cannot be folded).
-    """
-    deviation = float((sae.W_dec.detach().norm(dim=-1) - 1).abs().max())
-    if deviation <= NORM_TOLERANCE:
-        return deviation, True, None
+    torch_dtype = general_utils.str_to_dtype(dtype or LLM_NAME_TO_DTYPE.get(name, "float32"))
+    if name == SMOLLM2_MODEL_NAME:
+        try:
+            return smollm.load_smollm2(device=device, dtype=torch_dtype)
+        except Exception as error:  # noqa: BLE001 (its own errors say how to fix them)
+            raise ValueError(f"--model {name!r}: cannot load it: {one_line(error)}") from error
     try:
-        sae.fold_W_dec_norm()
-    except NotImplementedError as error:
-        return deviation, False, str(error)
-    return deviation, True, None
+        get_official_model_name(name)
+    except ValueError as error:
+        raise ValueError(
+            f"--model {name!r}: unknown model; allowed: {PLANTED_MODEL_NAME!r}, "
+            f"{SMOLLM2_MODEL_NAME!r}, or a TransformerLens model name such as 'gpt2' or "
+            "'gemma-2-2b'") from error
+    try:
+        return HookedTransformer.from_pretrained_no_processing(name, device=device,
+                                                               dtype=torch_dtype)
+    except Exception as error:  # noqa: BLE001 (hub, cache and conversion errors alike)
+        raise ValueError(f"--model {name!r}: cannot load it ({type(error).__name__}: "
+                         f"{one_line(error)[:300]})") from error
 
 
-def model_fingerprint(model: HookedTransformer, *settings: object) -> str:
-    """A short hash of the model's weights and vocabulary and the probe `settings`.
+@torch.no_grad()
+def letter_projection_carried(sae: SAE, probe_weights_LD: torch.Tensor, acts_ND: torch.Tensor,
+                              labels_N: list[int], level: float) -> dict[str, float]:
+    """Per letter: the share of the SAE's projection onto the letter's probe direction that
+    is carried by latents aligned with that direction beyond chance.
 
-    SAEBench caches its ground-truth probe under ``{model_name}/layer_{L}`` only; this
-    fingerprint goes into the cache path so that a different model with the same name (a
-    fine-tune, another seed of a toy model) never reuses another model's probe. Per weight
-    it hashes the name, shape, a strided sample of 1024 values and the float64 sum.
+    For each test word of letter l, with ``u`` the unit probe direction of l, latent
+    activations ``f`` and unit decoder rows ``d``: ``sum(f_i (d_i . u) over latents with
+    d_i . u > level) / sum(f_i max(d_i . u, 0) over all latents)``, averaged over the
+    letter's words (words with no positive projection count 0). A letter latent and the
+    latents that absorb it both point along ``u`` (an absorbing latent's decoder carries
+    the letter direction: that is what absorption is), so heavy absorption leaves this
+    near 1; a random or untrained dictionary spreads the projection over latents no more
+    aligned than chance, and it is near 0. `level` is the random-alignment level
+    (:func:`~orthosae_plugin.evals.alarm.random_alignment_level`).
     """
-    digest = hashlib.sha256(repr(settings).encode())
-    vocab = sorted(model.tokenizer.get_vocab().items())  # type: ignore[union-attr]
-    digest.update(json.dumps(vocab).encode())
-    with torch.no_grad():
-        for name, weight in model.state_dict().items():
-            flat = weight.detach().flatten()
-            sample = flat[:: max(1, flat.numel() // 1024)][:1024].float().cpu().numpy()
-            digest.update(f"{name}{tuple(weight.shape)}".encode())
-            digest.update(sample.tobytes())
-            digest.update(np.float64(flat.sum(dtype=torch.float64).item()).tobytes())
-    return digest.hexdigest()[:12]
-
-
-def probe_batch_size(config: AbsorptionEvalConfig, n_alpha_tokens: int) -> int:
-    """``config.k_sparse_probe_batch_size``, lowered so that each epoch over the probe's
-    training words takes at least MIN_PROBE_STEPS_PER_EPOCH steps.
-
-    Unchanged (4096) from 40,960 alphabetic tokens up, so SAEBench-scale vocabularies get
-    SAEBench's setting; 117 for the planted model's 1175. Measured there: at 4096 (one step
-    per epoch) the clean reference SAE scores 0.65 instead of 0.0; from 470 (two steps)
-    down, 0.0.
-    """
-    n_train = int(n_alpha_tokens * SAEBENCH_TRAIN_FRACTION)
-    return max(1, min(config.k_sparse_probe_batch_size, n_train // MIN_PROBE_STEPS_PER_EPOCH))
-
-
-def precalc_fits(n_alpha_tokens: int, d_sae: int) -> bool:
-    """Whether the SAE activations of all probe training words fit in PRECALC_MAX_BYTES.
-
-    SAEBench then encodes them once instead of once per probe step and per (k, letter)
-    probe (k_sparse_probing.py:134-170, with its encode batch = the probe batch); same
-    numbers, and on small vocabularies most of the eval's time saved.
-    """
-    n_train = int(n_alpha_tokens * SAEBENCH_TRAIN_FRACTION)
-    return n_train * d_sae * 4 <= PRECALC_MAX_BYTES
-
-
-def _check_split_covers_letters(split_dir: Path) -> None:
-    """Refuse a probe split in which a letter has no train or no test word.
-
-    SAEBench fails deep inside for a letter without train words (KeyError at
-    k_sparse_probing.py:283) and silently scores one without test words as probe F1 0
-    (scikit-learn only warns); say so plainly instead.
-    """
-    for split in ("train", "test"):
-        answers = pd.read_csv(split_dir / f"{split}_df.csv", keep_default_na=False)["answer"]
-        present = {str(a).strip().lower() for a in answers}
-        missing = [letter for letter in LETTERS if letter not in present]
-        if missing:
-            raise AbsorptionEvalError(
-                f"letters {missing} have no {split} words in SAEBench's random 80/20 split of "
-                f"the alphabetic vocabulary ({split_dir}); the model's vocabulary has too few "
-                "tokens starting with them. Use config.random_seed to draw another split, "
-                "or a model with a larger vocabulary."
-            )
-
-
-@contextlib.contextmanager
-def _sorted_saebench_vocabulary():
-    """Make SAEBench list the alphabetic vocabulary in sorted order while it runs.
-
-    SAEBench lists it in ``tokenizer.vocab`` order (vocab.py:16), which for fast tokenizers
-    comes from a Rust hash map and changes from call to call; its seeded 80/20 probe split
-    (probing.py:276) and in-context examples then differ between runs with the same seed.
-    """
-
-    def sorted_alpha_tokens(tokenizer: Any, *args: Any, **kwargs: Any) -> list[str]:
-        return sorted(get_alpha_tokens(tokenizer, *args, **kwargs))
-
-    with (
-        mock.patch.object(saebench_common, "get_alpha_tokens", sorted_alpha_tokens),
-        mock.patch.object(saebench_feature_absorption, "get_alpha_tokens", sorted_alpha_tokens),
-    ):
-        yield
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+    dec_SD = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
+    unit_LD = torch.nn.functional.normalize(probe_weights_LD.float().to(dec_SD.device), dim=-1)
+    cos_SL = dec_SD @ unit_LD.T
+    labels = torch.tensor(labels_N, device=dec_SD.device)
+    shares: dict[str, float] = {}
+    for letter_idx, letter in enumerate(LETTERS):
+        acts = acts_ND[labels == letter_idx]
+        if len(acts) == 0:
+            shares[letter] = float("nan")
+            continue
+        feats_NS = sae.encode(acts.to(dtype=sae.dtype)).float()
+        cos_S = cos_SL[:, letter_idx]
+        total_N = feats_NS @ cos_S.clamp(min=0)
+        aligned_N = feats_NS @ torch.where(cos_S > level, cos_S, torch.zeros_like(cos_S))
+        share_N = torch.where(total_N > 0, aligned_N / total_N.clamp(min=1e-12),
+                              torch.zeros_like(total_N))
+        shares[letter] = float(share_N.mean())
+    return shares
 
 
 def per_letter_table(metrics_df: pd.DataFrame, agg_df: pd.DataFrame,
@@ -372,6 +244,7 @@ def run_absorption_eval(
     thresholds: AlarmThresholds | None = None,
     device: str | None = None,
     show_progress: bool = True,
+    words_per_letter: int | None = None,
 ) -> AbsorptionEvalOutput:
     """Run SAEBench's first-letter absorption eval and return SAEBench's output object.
 
@@ -392,6 +265,15 @@ def run_absorption_eval(
         training_steps: overrides the step count the alarm reads from the SAE.
         thresholds: when the alarm fires.
         device: defaults to the model's device.
+        words_per_letter: probe a seeded subsample of at most this many words per first
+            letter (seeded by ``config.random_seed``) instead of SAEBench's full alphabetic
+            vocabulary (None, the default). For real vocabularies: 100 is what issue 9
+            measured to keep the ground-truth probe (F1 0.80 mean on SmolLM2, 25/26
+            letters > 0.6); 40 was too few. Recorded in the output
+            (``eval_result_unstructured["orthosae_vocabulary"]``) and in the summary.
+
+    SAEBench's forward passes stop after the SAE's layer (same activations, no later
+    blocks or unembedding; :func:`~orthosae_plugin.evals.saebench_fixes.stop_after_layer`).
 
     Returns:
         ``AbsorptionEvalOutput``; ``get_alarm(output)`` gives the verdict, which is also in
@@ -405,6 +287,12 @@ def run_absorption_eval(
     """
     output_dir = Path(output_dir).resolve()
     config = config or AbsorptionEvalConfig()
+    if words_per_letter is not None and (
+        isinstance(words_per_letter, bool) or not isinstance(words_per_letter, int)
+        or words_per_letter < 1
+    ):
+        raise ValueError(f"words_per_letter={words_per_letter!r}; allowed: None (SAEBench's "
+                         "full vocabulary) or an integer >= 1")
     if isinstance(model, str):
         model = load_model(model, device=device or "cpu")
     device = device or str(model.cfg.device)
@@ -422,12 +310,15 @@ def run_absorption_eval(
     if sae.cfg.metadata.model_name is None:
         sae.cfg.metadata.model_name = model.cfg.model_name  # SAEBench's cfg check needs one
     deviation, folded, fold_error = fold_decoder_norms(sae)
+    warm_ups, planned = run_schedule(sae, sae_path)
     provenance = SaeProvenance(sae.cfg.d_in, sae.cfg.d_sae, steps, steps_source, deviation,
-                               folded, fold_error, sae.cfg.metadata.model_name)
+                               folded, fold_error, sae.cfg.metadata.model_name, warm_ups,
+                               planned)
     sae = sae.to(device=device, dtype=model.cfg.dtype)
     general_utils._standardize_sae_cfg(sae.cfg)  # as SAEBench's own loader does
 
-    n_alpha = len(get_alpha_tokens(model.tokenizer))  # type: ignore[arg-type]
+    vocab = choose_vocabulary(model, words_per_letter, config.random_seed)
+    n_alpha = vocab.n_words_probed
     config = replace(
         config,
         model_name=model.cfg.model_name,
@@ -436,15 +327,21 @@ def run_absorption_eval(
         precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts
         or precalc_fits(n_alpha, sae.cfg.d_sae),
     )
-    with torch.enable_grad(), warnings.catch_warnings(), _sorted_saebench_vocabulary():
+    with (
+        torch.enable_grad(), warnings.catch_warnings(),
+        saebench_vocabulary(words_per_letter, config.random_seed),
+        stop_after_layer(model, layer),
+    ):
         # SAEBench trains probes (run_eval sets grad mode globally, main.py:44); sklearn
         # warns for every k-sparse probe that predicts no positives, which the alarm covers.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         table = _run_saebench_experiments(
-            model, sae, layer, sae_name, config, output_dir, device, show_progress
+            model, sae, layer, sae_name, config, output_dir, device, show_progress, vocab,
+            random_alignment_level(sae.cfg.d_in, sae.cfg.d_sae,
+                                   (thresholds or AlarmThresholds()).alignment_p_value),
         )
     alarm = assess_result(table, provenance, config, model.cfg.model_name, thresholds)
-    output = _build_output(table, config, sae, sae_name, alarm)
+    output = _build_output(table, config, sae, sae_name, alarm, vocab)
     output.to_json_file(str(result_path(output_dir, sae_name)))
     return output
 
@@ -452,12 +349,15 @@ def run_absorption_eval(
 def _run_saebench_experiments(
     model: HookedTransformer, sae: SAE, layer: int, sae_name: str,
     config: AbsorptionEvalConfig, output_dir: Path, device: str, show_progress: bool,
+    vocab: VocabularyChoice, alignment_level: float,
 ) -> pd.DataFrame:
     """SAEBench's ground-truth probe, k-sparse probing and absorption experiments, with
     every path under `output_dir`; returns :func:`per_letter_table`."""
-    fingerprint = model_fingerprint(
-        model, config.prompt_template, config.prompt_token_pos, config.random_seed
-    )
+    # the full vocabulary keeps the fingerprint it had before words_per_letter existed
+    subsample = () if vocab.words_per_letter is None else (
+        ("words_per_letter", vocab.words_per_letter),)
+    fingerprint = model_fingerprint(model, config.prompt_template, config.prompt_token_pos,
+                                    config.random_seed, *subsample)
     probes_dir = output_dir / "probes" / f"{_safe(model.cfg.model_name)}-{fingerprint}"
     artifacts = output_dir / "artifacts"
     common = dict(
@@ -466,12 +366,13 @@ def _run_saebench_experiments(
         device=device, probes_dir=probes_dir, force=True,  # per-SAE results: never stale
     )
     stages = tqdm(total=3, desc=f"absorption {sae_name}", disable=not show_progress)
-    _seed_everything(config.random_seed)
+    seed_everything(config.random_seed)
 
     stages.set_postfix_str("ground-truth probe")
     load_or_train_probe(model, config.prompt_template, config.prompt_token_pos,
                         layer=layer, probes_dir=probes_dir, device=device)
-    _check_split_covers_letters(probes_dir / model.cfg.model_name / f"layer_{layer}")
+    check_split_covers_letters(probes_dir / model.cfg.model_name / f"layer_{layer}",
+                               AbsorptionEvalError)
     stages.update()
 
     stages.set_postfix_str("k-sparse probes")
@@ -506,11 +407,19 @@ def _run_saebench_experiments(
     )
     stages.update()
     stages.close()
-    return per_letter_table(metrics_df, _aggregate_results_df(raw_df), config)
+    table = per_letter_table(metrics_df, _aggregate_results_df(raw_df), config)
+    probe = load_probe(model.cfg.model_name, layer, probes_dir, torch.float32, device)
+    test_acts_ND, test_words = load_probe_data_split(
+        model, layer, "test", probes_dir, torch.float32, device)
+    carried = letter_projection_carried(sae, probe.weights.detach(), test_acts_ND,
+                                        [label for _, label in test_words],
+                                        alignment_level)
+    return table.assign(aligned_projection_share=table["letter"].map(carried))
 
 
 def _build_output(table: pd.DataFrame, config: AbsorptionEvalConfig, sae: SAE,
-                  sae_name: str, alarm: AbsorptionAlarm) -> AbsorptionEvalOutput:
+                  sae_name: str, alarm: AbsorptionAlarm,
+                  vocab: VocabularyChoice) -> AbsorptionEvalOutput:
     """SAEBench's output object, filled as main.run_eval fills it (main.py:135-188)."""
     scored = table.dropna(subset=["mean_absorption_fraction"])
     details = [
@@ -554,18 +463,29 @@ def _build_output(table: pd.DataFrame, config: AbsorptionEvalConfig, sae: SAE,
         sae_lens_release_id=sae_name,
         sae_lens_version=get_sae_lens_version(),
         sae_cfg_dict=sae.cfg.to_dict(),
-        eval_result_unstructured={ALARM_KEY: asdict(alarm)},
+        eval_result_unstructured={ALARM_KEY: asdict(alarm), VOCABULARY_KEY: asdict(vocab)},
     )
 
 
 def _resolve_sae(sae: SAE | str | Path, device: str) -> tuple[SAE, Path | None]:
     if isinstance(sae, (str, Path)):
         path = Path(sae)
-        if not (path / "cfg.json").exists():
-            raise ValueError(
-                f"sae={str(sae)!r} has no cfg.json; allowed: an SAE object or the folder of "
-                "a saved SAELens SAE (cfg.json + sae_weights.safetensors)")
-        return SAE.load_from_disk(path, device=device), path
+        allowed = "allowed: the folder of a saved SAELens SAE (cfg.json + sae_weights.safetensors)"
+        if not path.is_dir():
+            problem = "does not exist" if not path.exists() else "is not a folder"
+            raise ValueError(f"{path}: {problem}; {allowed}")
+        if not (path / SAE_CFG_FILENAME).is_file():
+            raise ValueError(f"{path / SAE_CFG_FILENAME}: missing; {allowed}")
+        try:
+            json.loads((path / SAE_CFG_FILENAME).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path / SAE_CFG_FILENAME}: not readable JSON ({error}); "
+                             f"{allowed}") from error
+        try:
+            return SAE.load_from_disk(path, device=device), path
+        except Exception as error:  # noqa: BLE001 (SAELens raises many kinds; name them all)
+            raise ValueError(f"{path}: SAELens cannot load this SAE ({type(error).__name__}: "
+                             f"{error}); {allowed}") from error
     if not isinstance(sae, SAE):
         raise ValueError(f"sae is a {type(sae).__name__}; allowed: an SAELens SAE or a folder path")
     return copy.deepcopy(sae), None
@@ -580,6 +500,23 @@ def _safe(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- reporting
+
+
+def get_vocabulary(output: AbsorptionEvalOutput) -> VocabularyChoice | None:
+    """The probed vocabulary recorded in an output (None for outputs written before
+    ``words_per_letter`` existed, or by SAEBench itself)."""
+    recorded = (output.eval_result_unstructured or {}).get(VOCABULARY_KEY)
+    return None if recorded is None else VocabularyChoice(**recorded)
+
+
+def vocabulary_phrase(vocab: VocabularyChoice | None) -> str:
+    """How the summary names the probed vocabulary."""
+    if vocab is None or vocab.words_per_letter is None:
+        n = "" if vocab is None else f", {vocab.n_alpha_tokens:,} words"
+        return f"SAEBench's full alphabetic vocabulary{n}"
+    return (f"a seeded subsample of {vocab.words_per_letter} words per letter "
+            f"({vocab.n_words_probed:,} of {vocab.n_alpha_tokens:,} alphabetic tokens, "
+            f"seed {vocab.seed})")
 
 
 def format_summary(output: AbsorptionEvalOutput, path: Path | None = None) -> str:
@@ -615,11 +552,15 @@ def format_summary(output: AbsorptionEvalOutput, path: Path | None = None) -> st
         f"{m.mean_full_absorption_score:.3f}, split features {m.mean_num_split_features:.2f}"
     )
     lines.extend(textwrap.wrap(legend, 78))
+    probed = vocabulary_phrase(get_vocabulary(output))
     if alarm.trustworthy:
-        lines.append("verdict: TRUSTWORTHY (no alarm fired)")
+        lines.extend(textwrap.wrap(f"verdict: TRUSTWORTHY (no alarm fired), probed on {probed}",
+                                   78, subsequent_indent="  "))
     else:
         lines.append("!" * 78)
         lines.append("!!! verdict: UNTRUSTWORTHY -- do not report these numbers:")
+        lines.extend(textwrap.wrap(f"(probed on {probed})", 78, initial_indent="!!!  ",
+                                   subsequent_indent="!!!  "))
         for reason in alarm.reasons:
             lines.extend(textwrap.wrap(reason, 78, initial_indent="!!!  - ",
                                        subsequent_indent="!!!    "))
@@ -634,6 +575,32 @@ def format_summary(output: AbsorptionEvalOutput, path: Path | None = None) -> st
 def result_path(output_dir: str | Path, sae_name: str) -> Path:
     """Where :func:`run_absorption_eval` writes the result JSON (SAEBench's file name)."""
     return Path(general_utils.get_results_filepath(str(output_dir), sae_name, "custom_sae"))
+
+
+def one_line(message: object) -> str:
+    """`message` on one line (user errors are printed as one line, never a traceback)."""
+    return " ".join(str(message).split())
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Raise ValueError (naming the path and the problem) unless `path` is a folder this
+    process can write into, or one it can create. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path}: is a file, not a folder; allowed: a folder (created "
+                         "if missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {path}: cannot be created, {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "folder" if existing == path else f"folder {existing} (to create it)"
+        raise ValueError(f"--out {path}: cannot write into the {where}: "
+                         f"{error.strerror or error}") from error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -668,15 +635,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.random_seed,
                         help="seeds the probe split and probe training "
                         f"(default {defaults.random_seed})")
+    parser.add_argument("--words-per-letter", type=int, default=None,
+                        help="probe a seeded subsample of at most this many words per first "
+                        "letter (100 is enough for SmolLM2's 49k vocabulary; default: "
+                        "SAEBench's full vocabulary)")
     parser.add_argument("--training-steps", type=int, default=None,
                         help="override the SAE's recorded training steps for the alarm")
     parser.add_argument("--min-training-steps", type=int,
                         default=default_thresholds.min_training_steps,
-                        help="alarm below this many recorded training steps (default "
+                        help="alarm below this many steps actually trained (the checkpoint's "
+                        "clock, else the SAE's metadata; default "
                         f"{default_thresholds.min_training_steps})")
     parser.add_argument("--min-k1-probe-f1", type=float,
                         default=default_thresholds.min_k1_probe_f1,
-                        help="alarm when most letters' best single latent has a lower F1 "
+                        help="note (not an alarm: heavy absorption lowers it) when most "
+                        "letters' best single latent has a lower F1 "
                         f"(default {default_thresholds.min_k1_probe_f1})")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when the result is untrustworthy")
@@ -688,14 +661,20 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = replace(default_thresholds, min_training_steps=args.min_training_steps,
                          min_k1_probe_f1=args.min_k1_probe_f1)
     try:
+        check_output_dir(args.out)
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         output = run_absorption_eval(
             args.sae, model, args.out, config, sae_name=args.name,
             training_steps=args.training_steps, thresholds=thresholds, device=args.device,
-            show_progress=not args.quiet,
+            show_progress=not args.quiet, words_per_letter=args.words_per_letter,
         )
     except (ValueError, AbsorptionEvalError) as error:
-        print(f"orthosae-absorption: cannot evaluate: {error}", file=sys.stderr)
+        print(f"orthosae-absorption: cannot evaluate: {one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. the output folder filled up or became read-only
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"orthosae-absorption: cannot evaluate: {where}{one_line(error.strerror or error)}",
+              file=sys.stderr)
         return 1
     print(format_summary(output, result_path(args.out, output.sae_lens_release_id)))
     if args.strict and not get_alarm(output).trustworthy:
