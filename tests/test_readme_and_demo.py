@@ -45,6 +45,13 @@ def test_readme_absorption_example_scores_the_planted_rate(tmp_path, monkeypatch
     assert (tmp_path / "runs" / "absorption").is_dir()
 
 
+def test_readme_smollm2_example_trains_on_cached_activations(tmp_path, monkeypatch, capsys, smollm2_activations):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_block("smollm2"), "README.md:smollm2", "exec"), {})
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "40 ['ce_loss_clean', 'ce_loss_recovered', 'ce_loss_with_sae']"
+    assert (tmp_path / "runs" / "smollm2" / "cfg.json").exists()
+
+
 def test_readme_gemma_example_builds_a_valid_config(monkeypatch):
     built = {}
 
