@@ -273,9 +273,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "where":
         print(cache_dir())
         return
+    from orthosae_plugin.corpus import CorpusUnavailable
+
     try:
         fetch(corpus=not args.no_corpus)
-    except SmolLM2Unavailable as error:
+    except (SmolLM2Unavailable, CorpusUnavailable) as error:
         sys.exit(f"error: {error}")
 
 
