@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 from sae_lens.cache_activations_runner import CacheActivationsRunner
 from sae_lens.config import CacheActivationsRunnerConfig
@@ -220,7 +221,7 @@ def smollm2_training_runner(cfg: LanguageModelSAERunnerConfig, model: Any = None
 @torch.no_grad()
 def heldout_metrics(sae: Any, model: Any, hook_name: str | None = None, n_tokens: int = 8192,
                     context_size: int = 128, batch_size_prompts: int = 8,
-                    text_dir: str | Path | None = None) -> dict[str, float]:
+                    text_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
     """L0, explained variance and CE-loss recovered of ``sae`` on the held-out split.
 
     Definitions are SAELens's (``sae_lens.evals``): explained variance with its
@@ -249,7 +250,8 @@ def heldout_metrics(sae: Any, model: Any, hook_name: str | None = None, n_tokens
     ce = {"clean": 0.0, "sae": 0.0, "ablated": 0.0}
     n_predictions = 0
     try:
-        for start in range(0, len(tokens_NT), batch_size_prompts):
+        for start in tqdm(range(0, len(tokens_NT), batch_size_prompts), desc="held-out eval (batches)",
+                          file=sys.stderr, disable=not progress):
             batch_BT = tokens_NT[start: start + batch_size_prompts].to(model.cfg.device)
             keep_BT = batch_BT != sep
             keep_BT[:, 0] = False
