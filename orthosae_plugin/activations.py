@@ -93,9 +93,10 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
     model = model if model is not None else load_smollm2()
     sliced = _sliced(context_size)
     batch_tokens = model_batch_size * sliced
-    batches_per_shard = max(1, min(_BUFFER_TOKENS // batch_tokens, math.ceil(n_tokens / batch_tokens)))
+    # as few shards of at most ~_BUFFER_TOKENS as needed, each as small as covers n_tokens
+    n_shards = math.ceil(n_tokens / (max(1, _BUFFER_TOKENS // batch_tokens) * batch_tokens))
+    batches_per_shard = math.ceil(n_tokens / n_shards / batch_tokens)
     shard_tokens = batches_per_shard * batch_tokens
-    n_shards = math.ceil(n_tokens / shard_tokens)
     total = n_shards * shard_tokens
     n_rows = total // sliced
     corpus = english_corpus(model.tokenizer, context_size=context_size, split="train", text_dir=text_dir)
