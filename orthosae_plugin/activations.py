@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 from sae_lens.cache_activations_runner import CacheActivationsRunner
 from sae_lens.config import CacheActivationsRunnerConfig
@@ -92,9 +93,10 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
     model = model if model is not None else load_smollm2()
     sliced = _sliced(context_size)
     batch_tokens = model_batch_size * sliced
-    batches_per_shard = max(1, min(_BUFFER_TOKENS // batch_tokens, math.ceil(n_tokens / batch_tokens)))
+    # as few shards of at most ~_BUFFER_TOKENS as needed, each as small as covers n_tokens
+    n_shards = math.ceil(n_tokens / (max(1, _BUFFER_TOKENS // batch_tokens) * batch_tokens))
+    batches_per_shard = math.ceil(n_tokens / n_shards / batch_tokens)
     shard_tokens = batches_per_shard * batch_tokens
-    n_shards = math.ceil(n_tokens / shard_tokens)
     total = n_shards * shard_tokens
     n_rows = total // sliced
     corpus = english_corpus(model.tokenizer, context_size=context_size, split="train", text_dir=text_dir)
@@ -220,7 +222,7 @@ def smollm2_training_runner(cfg: LanguageModelSAERunnerConfig, model: Any = None
 @torch.no_grad()
 def heldout_metrics(sae: Any, model: Any, hook_name: str | None = None, n_tokens: int = 8192,
                     context_size: int = 128, batch_size_prompts: int = 8,
-                    text_dir: str | Path | None = None) -> dict[str, float]:
+                    text_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
     """L0, explained variance and CE-loss recovered of ``sae`` on the held-out split.
 
     Definitions are SAELens's (``sae_lens.evals``): explained variance with its
@@ -249,7 +251,8 @@ def heldout_metrics(sae: Any, model: Any, hook_name: str | None = None, n_tokens
     ce = {"clean": 0.0, "sae": 0.0, "ablated": 0.0}
     n_predictions = 0
     try:
-        for start in range(0, len(tokens_NT), batch_size_prompts):
+        for start in tqdm(range(0, len(tokens_NT), batch_size_prompts), desc="held-out eval (batches)",
+                          file=sys.stderr, disable=not progress):
             batch_BT = tokens_NT[start: start + batch_size_prompts].to(model.cfg.device)
             keep_BT = batch_BT != sep
             keep_BT[:, 0] = False
