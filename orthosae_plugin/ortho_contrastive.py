@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import MISSING, dataclass, fields
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -36,6 +36,7 @@ from safetensors.torch import save_file
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
@@ -62,6 +63,7 @@ from orthosae_plugin.orthogonality import (
     ortho_penalty_exact,
     ortho_penalty_pairs,
     ortho_threshold,
+    thresholded_cosine_squared_sum,
 )
 
 ARCHITECTURE = "ortho_contrastive"
@@ -69,8 +71,8 @@ ARCHITECTURE = "ortho_contrastive"
 # State-dict keys that exist only for training and are dropped from the inference model.
 _TRAINING_ONLY_BUFFERS = ("projection", "n_steps_trained")
 
-SparsityBase = Literal["relu_l1", "topk", "batchtopk"]
-SPARSITY_BASES: tuple[str, ...] = ("relu_l1", "topk", "batchtopk")
+SparsityBase = Literal["relu_l1", "topk", "batchtopk", "matryoshka_batchtopk"]
+SPARSITY_BASES: tuple[str, ...] = ("relu_l1", "topk", "batchtopk", "matryoshka_batchtopk")
 
 # The inference config each base saves as: SAELens's own choice for its `standard`,
 # `topk` and `batchtopk` training classes.
@@ -78,6 +80,7 @@ _INFERENCE_CONFIG_PER_BASE: dict[str, type[SAEConfig]] = {
     "relu_l1": StandardSAEConfig,
     "topk": TopKSAEConfig,
     "batchtopk": JumpReLUSAEConfig,
+    "matryoshka_batchtopk": JumpReLUSAEConfig,
 }
 
 # Fields that only some bases read. Under any other base they must keep their default,
@@ -87,12 +90,15 @@ _BASES_READING_FIELD: dict[str, tuple[str, ...]] = {
     "l1_coefficient": ("relu_l1",),
     "lp_norm": ("relu_l1",),
     "l1_warm_up_steps": ("relu_l1",),
-    "k": ("topk", "batchtopk"),
-    "aux_loss_coefficient": ("topk", "batchtopk"),
-    "rescale_acts_by_decoder_norm": ("topk", "batchtopk"),
+    "k": ("topk", "batchtopk", "matryoshka_batchtopk"),
+    "aux_loss_coefficient": ("topk", "batchtopk", "matryoshka_batchtopk"),
+    "rescale_acts_by_decoder_norm": ("topk", "batchtopk", "matryoshka_batchtopk"),
     "use_sparse_activations": ("topk",),
-    "topk_threshold_lr": ("batchtopk",),
+    "topk_threshold_lr": ("batchtopk", "matryoshka_batchtopk"),
 }
+# matryoshka_batchtopk's own fields (``matryoshka_widths`` has no plain default) are
+# checked by ``_validate_matryoshka_fields``.
+_BATCH_THRESHOLD_BASES = ("batchtopk", "matryoshka_batchtopk")
 
 
 @dataclass
@@ -112,7 +118,9 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     """'relu_l1': ReLU + L1 penalty (SAELens ``standard``; the experiment's base), saved
     as ``standard``. 'topk': the k largest pre-activations per input (SAELens ``topk``),
     saved as ``topk``. 'batchtopk': the k x batch largest over the whole batch (SAELens
-    ``batchtopk``), saved as ``jumprelu`` with the threshold learnt during training."""
+    ``batchtopk``), saved as ``jumprelu`` with the threshold learnt during training.
+    'matryoshka_batchtopk': BatchTopK with nested prefix reconstruction losses (SAELens
+    ``matryoshka_batchtopk``; set ``matryoshka_widths``), saved as ``jumprelu``."""
 
     l1_coefficient: float = 1.0
     """relu_l1 only: final weight of the decoder-norm-weighted L1 penalty (>= 0)."""
@@ -142,6 +150,27 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     topk_threshold_lr: float = 0.01
     """batchtopk only: rate of the running mean of the smallest active pre-activation,
     the JumpReLU threshold of the saved model; in (0, 1]."""
+
+    matryoshka_widths: list[int] = field(default_factory=list)
+    """matryoshka_batchtopk only, and required there: widths of the nested prefixes of
+    the dictionary (SAELens ``matryoshka_batchtopk``), strictly increasing, ending at
+    d_sae (SAELens appends d_sae, with a warning, when the last width is smaller). Each
+    prefix but the whole dictionary adds the loss ``inner_mse_loss_{width}``: the
+    reconstruction from latents ``[0, width)`` alone."""
+
+    use_matryoshka_aux_loss: bool = False
+    """matryoshka_batchtopk only: each prefix group's dead latents reconstruct the error
+    of their own level rather than the whole SAE's (SAELens's option; slower)."""
+
+    matryoshka_ortho_pairs: Literal["all", "within_groups", "across_groups"] = "all"
+    """matryoshka_batchtopk only: which decoder pairs the ortho term penalises. 'all'
+    (default): every pair of the dictionary, as on the other bases. 'within_groups': only
+    pairs of latents added by the same prefix level (``[w_{i-1}, w_i)``); 'across_groups':
+    only pairs from different levels. The mean is still over all d_sae (d_sae - 1)
+    ordered pairs (pairs out of scope count 0), so ``ortho_coefficient`` keeps its scale.
+    The ground-truth benchmark chose the default (README, "Sparsity bases"). Other than
+    'all', it is computed exactly (blockwise) in 'exact' and 'close_pairs' mode
+    alike, and 'chunked' mode refuses it."""
 
     ortho_coefficient: float = 1000.0
     """Weight of the thresholded decoder-orthogonality penalty (>= 0; 0 turns it off)."""
@@ -212,6 +241,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     def __post_init__(self) -> None:
         _validate(self)
         _validate_sparsity_base(self)
+        _validate_matryoshka_fields(self)
         if self.sparsity_base == "topk":
             self.k = int(self.k)  # torch.topk and the saved `topk` config need an int
         super().__post_init__()
@@ -251,8 +281,10 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
                 "contrastive_coefficient > 0: the self-contrastive loss needs >= 2 inputs "
                 "per batch."
             )
-        if self.sparsity_base == "batchtopk":
-            _check_threshold_settles(self.topk_threshold_lr, total_training_steps, arithmetic)
+        if self.sparsity_base in _BATCH_THRESHOLD_BASES:
+            _check_threshold_settles(
+                self.topk_threshold_lr, total_training_steps, arithmetic, self.sparsity_base
+            )
         if self.ortho_anneal_steps is None:
             self.ortho_anneal_steps = total_training_steps
             self.add_training_info_to_metadata()
@@ -338,6 +370,49 @@ def _validate_sparsity_base(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
         )
 
 
+def _validate_matryoshka_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
+    """Raise a ValueError naming the field, the value and what is allowed, for the
+    fields only ``sparsity_base='matryoshka_batchtopk'`` reads. SAELens checks the widths
+    only when it builds the SAE; here they are checked with the config."""
+    base = cfg.sparsity_base
+    own = {"matryoshka_widths": [], "use_matryoshka_aux_loss": False, "matryoshka_ortho_pairs": "all"}
+    if base != "matryoshka_batchtopk":
+        for name, default in own.items():
+            value = getattr(cfg, name)
+            if value != default:
+                raise _invalid(
+                    name,
+                    value,
+                    "only sparsity_base='matryoshka_batchtopk' reads it, and "
+                    f"sparsity_base={base!r}; set sparsity_base, or leave {name} at its "
+                    f"default {default!r}",
+                )
+        return
+    widths = cfg.matryoshka_widths
+    if not widths:
+        raise _invalid(
+            "matryoshka_widths", widths,
+            "sparsity_base='matryoshka_batchtopk' needs the nested prefix widths, e.g. "
+            f"[{cfg.d_sae // 8}, {cfg.d_sae // 4}, {cfg.d_sae // 2}, {cfg.d_sae}]",
+        )
+    if any(not isinstance(w, int) or isinstance(w, bool) or w <= 0 for w in widths):
+        raise _invalid("matryoshka_widths", widths, "the widths must be positive integers")
+    if any(a >= b for a, b in zip(widths, widths[1:])) or widths[-1] > cfg.d_sae:
+        raise _invalid(
+            "matryoshka_widths", widths,
+            f"the widths must be strictly increasing and at most d_sae={cfg.d_sae}",
+        )
+    pairs = cfg.matryoshka_ortho_pairs
+    if pairs not in ("all", "within_groups", "across_groups"):
+        raise _invalid("matryoshka_ortho_pairs", pairs, "allowed values are all, within_groups, across_groups")
+    if pairs != "all" and cfg.ortho_mode == "chunked":
+        raise _invalid(
+            "matryoshka_ortho_pairs", pairs,
+            "ortho_mode='chunked' penalises random chunks of the whole dictionary; use "
+            "'exact' or 'close_pairs', or matryoshka_ortho_pairs='all'",
+        )
+
+
 def _check_sparsity_base(base: str) -> None:
     if base not in SPARSITY_BASES:
         raise _invalid("sparsity_base", base, f"allowed bases are {', '.join(SPARSITY_BASES)}")
@@ -352,7 +427,9 @@ def _invalid(field: str, value: Any, allowed: str) -> ValueError:
 _MAX_THRESHOLD_START_WEIGHT = 0.05
 
 
-def _check_threshold_settles(lr: float, total_training_steps: int, arithmetic: str) -> None:
+def _check_threshold_settles(
+    lr: float, total_training_steps: int, arithmetic: str, base: str = "batchtopk"
+) -> None:
     """Refuse a BatchTopK run too short for its running threshold to leave its start.
 
     SAELens starts ``topk_threshold`` at 0 and moves it by ``lr`` of the way to each
@@ -368,7 +445,7 @@ def _check_threshold_settles(lr: float, total_training_steps: int, arithmetic: s
     lr_needed = 1 - _MAX_THRESHOLD_START_WEIGHT ** (1 / total_training_steps)
     raise ValueError(
         f"ortho_contrastive: {arithmetic} = {total_training_steps} training steps is too "
-        f"few for sparsity_base='batchtopk' at topk_threshold_lr={lr}: the saved JumpReLU "
+        f"few for sparsity_base={base!r} at topk_threshold_lr={lr}: the saved JumpReLU "
         f"threshold would still carry (1 - {lr})^{total_training_steps} = "
         f"{start_weight:.2f} of its zero start (at most {_MAX_THRESHOLD_START_WEIGHT} "
         f"allowed), so the saved SAE would fire far more latents than k. Train for at "
@@ -631,10 +708,62 @@ class OrthoContrastiveBatchTopKTrainingSAE(OrthoContrastiveTrainingSAE, BatchTop
     _state_updated_by_base_step = ("topk_threshold",)
 
 
+class OrthoContrastiveMatryoshkaBatchTopKTrainingSAE(  # type: ignore[misc]
+    OrthoContrastiveTrainingSAE, MatryoshkaBatchTopKTrainingSAE
+):
+    """``ortho_contrastive`` on SAELens ``matryoshka_batchtopk``; saved as ``jumprelu``.
+
+    SAELens's class adds one ``inner_mse_loss_{width}`` per nested prefix; the
+    contrastive term compares the whole dictionary's reconstruction with the input, and
+    the ortho term covers the pairs ``matryoshka_ortho_pairs`` names."""
+
+    _state_updated_by_base_step = ("topk_threshold",)
+
+    @override
+    def _ortho_penalty(self, tau: float, step: int) -> torch.Tensor:
+        if self.cfg.matryoshka_ortho_pairs == "all":
+            return super()._ortho_penalty(tau, step)
+        return matryoshka_ortho_penalty(
+            self.unit_decoder(),
+            tau,
+            self.cfg.matryoshka_widths,
+            self.cfg.matryoshka_ortho_pairs,
+            self.cfg.ortho_block_size,
+        )
+
+
+def matryoshka_ortho_penalty(
+    D_nd: torch.Tensor, tau: float, widths: list[int], pairs: str, block_size: int = 1024
+) -> torch.Tensor:
+    """The exact penalty's terms over the pairs within one prefix level
+    (``pairs='within_groups'``) or across two levels (``'across_groups'``), divided by
+    all ``n (n - 1)`` ordered pairs, like :func:`ortho_penalty_exact`.
+
+    Args:
+        D_nd: decoder directions with unit-norm rows, ``(n, d_in)``.
+        widths: the nested prefix widths, strictly increasing, the last one ``n``.
+    """
+    n = D_nd.shape[0]
+    if n < 2:
+        return D_nd.sum() * 0.0
+    within = D_nd.sum() * 0.0
+    for start, stop in zip([0, *widths[:-1]], widths):
+        if stop - start >= 2:
+            within = within + thresholded_cosine_squared_sum(D_nd[start:stop], tau, block_size)
+    if pairs == "within_groups":
+        total = within
+    elif pairs == "across_groups":
+        total = thresholded_cosine_squared_sum(D_nd, tau, block_size) - within
+    else:
+        raise ValueError(f"pairs={pairs!r} is invalid: allowed are within_groups, across_groups")
+    return total / (n * (n - 1))
+
+
 _TRAINING_CLASS_PER_BASE: dict[str, type[OrthoContrastiveTrainingSAE]] = {
     "relu_l1": OrthoContrastiveReLUL1TrainingSAE,
     "topk": OrthoContrastiveTopKTrainingSAE,
     "batchtopk": OrthoContrastiveBatchTopKTrainingSAE,
+    "matryoshka_batchtopk": OrthoContrastiveMatryoshkaBatchTopKTrainingSAE,
 }
 
 
@@ -647,7 +776,8 @@ class OrthoContrastiveSAEConfig(SAEConfig):
 
     sparsity_base: SparsityBase = "relu_l1"
     """The training base, which picks the inference form: 'relu_l1' opens as a
-    ``standard`` SAE, 'topk' as ``topk``, 'batchtopk' as ``jumprelu``. Checkpoints
+    ``standard`` SAE, 'topk' as ``topk``, 'batchtopk' and 'matryoshka_batchtopk' as
+    ``jumprelu``. Checkpoints
     written before the field existed are 'relu_l1'."""
 
     k: float = 100
@@ -722,6 +852,7 @@ _INFERENCE_CLASS_PER_BASE: dict[str, type[OrthoContrastiveSAE]] = {
     "relu_l1": OrthoContrastiveStandardSAE,
     "topk": OrthoContrastiveTopKSAE,
     "batchtopk": OrthoContrastiveJumpReLUSAE,
+    "matryoshka_batchtopk": OrthoContrastiveJumpReLUSAE,
 }
 
 
