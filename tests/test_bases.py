@@ -1,8 +1,8 @@
-"""ortho_contrastive on each sparsity base (relu_l1, topk, batchtopk; matryoshka_batchtopk in
-test_matryoshka_base.py): with the extra
+"""ortho_contrastive on each sparsity base (relu_l1, topk, batchtopk): with the extra
 coefficients at 0 it is SAELens's own standard / topk / batchtopk; the two terms add to the
 base's losses; per-base validation; saving in the base's inference form, loaded without
-the plugin; and training through SAELens's runner."""
+the plugin; and training through SAELens's runner. (matryoshka_batchtopk has its own
+file, test_matryoshka_base.py.)"""
 
 import copy
 import json
