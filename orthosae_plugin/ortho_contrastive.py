@@ -168,9 +168,10 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     pairs of latents added by the same prefix level (``[w_{i-1}, w_i)``); 'across_groups':
     only pairs from different levels. The mean is still over all d_sae (d_sae - 1)
     ordered pairs (pairs out of scope count 0), so ``ortho_coefficient`` keeps its scale.
-    The ground-truth benchmark chose the default (README, "Sparsity bases"). Other than
-    'all', it is computed exactly (blockwise) in 'exact' and 'close_pairs' mode
-    alike, and 'chunked' mode refuses it."""
+    The ground-truth benchmark chose the default (README, "Matryoshka base: which
+    pairs"). 'exact' and 'close_pairs' mode compute the restricted scopes as they compute
+    'all' (blockwise; from the close-pair list, keeping the pairs in scope); 'chunked'
+    mode refuses them."""
 
     ortho_coefficient: float = 1000.0
     """Weight of the thresholded decoder-orthogonality penalty (>= 0; 0 turns it off)."""
@@ -721,14 +722,20 @@ class OrthoContrastiveMatryoshkaBatchTopKTrainingSAE(  # type: ignore[misc]
 
     @override
     def _ortho_penalty(self, tau: float, step: int) -> torch.Tensor:
-        if self.cfg.matryoshka_ortho_pairs == "all":
+        pairs = self.cfg.matryoshka_ortho_pairs
+        if pairs == "all":
             return super()._ortho_penalty(tau, step)
+        D_nd = self.unit_decoder()
+        if self.cfg.ortho_mode == "close_pairs":
+            pairs_P2 = self._close_pairs_at(step, D_nd.detach())
+            if pairs_P2 is not None:  # the listed pairs in scope (still symmetric, sorted)
+                group_P2 = torch.bucketize(
+                    pairs_P2, torch.tensor(self.cfg.matryoshka_widths, device=pairs_P2.device), right=True
+                )
+                same_P = group_P2[:, 0] == group_P2[:, 1]
+                return ortho_penalty_pairs(D_nd, tau, pairs_P2[same_P if pairs == "within_groups" else ~same_P])
         return matryoshka_ortho_penalty(
-            self.unit_decoder(),
-            tau,
-            self.cfg.matryoshka_widths,
-            self.cfg.matryoshka_ortho_pairs,
-            self.cfg.ortho_block_size,
+            D_nd, tau, self.cfg.matryoshka_widths, pairs, self.cfg.ortho_block_size
         )
 
 

@@ -264,6 +264,8 @@ def test_the_training_step_penalises_the_configured_pairs(pairs, mode):
     tau = sae.ortho_threshold_at(0)
     D = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     assert_close(out.losses["ortho_loss"], 3.0 * naive_scoped_penalty(D, tau, WIDTHS, pairs))
+    if mode == "close_pairs":  # the listed pairs served the step (no dense fallback)
+        assert sae.ortho_close_pairs is not None and len(sae.ortho_close_pairs) > 0
 
 
 # --- configuration -----------------------------------------------------------------------
