@@ -1,6 +1,6 @@
 """The ``ortho_contrastive`` SAE: a sparse autoencoder on one of SAELens's sparsity bases
 (``sparsity_base``: ReLU + L1 ``standard``, the experiment's and the default; ``topk``;
-``batchtopk``), trained with
+``batchtopk``; ``matryoshka_batchtopk``), trained with
 
 (a) a decoder-orthogonality penalty on pairs whose |cos| exceeds a threshold that is
     cosine-annealed from ``ortho_threshold_start`` to ``ortho_threshold_end`` over
@@ -13,7 +13,7 @@
 
 The two terms, their schedules and the guards live in ``OrthoContrastiveTrainingSAE``;
 the base is SAELens's own class (``StandardTrainingSAE``, ``TopKTrainingSAE``,
-``BatchTopKTrainingSAE``), so its encoder, auxiliary dead-latent loss, batch threshold
+``BatchTopKTrainingSAE``, ``MatryoshkaBatchTopKTrainingSAE``), so its encoder, auxiliary dead-latent loss, batch threshold
 and save-time conversion are SAELens's code, not a copy. ``OrthoContrastiveTrainingSAE(cfg)``
 builds the class for ``cfg.sparsity_base``, so SAELens's ``sae_cls(cfg)`` works unchanged.
 
@@ -109,9 +109,11 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     and defaults (``l1_*``/``lp_norm`` from ``StandardTrainingSAEConfig``; ``k``,
     ``aux_loss_coefficient``, ``rescale_acts_by_decoder_norm``, ``use_sparse_activations``
     from ``TopKTrainingSAEConfig``; ``topk_threshold_lr`` from
-    ``BatchTopKTrainingSAEConfig``). A field that the chosen base does not read must keep
-    its default. With ``ortho_coefficient = contrastive_coefficient = 0`` it trains exactly
-    like SAELens's ``standard``, ``topk`` or ``batchtopk``.
+    ``BatchTopKTrainingSAEConfig``; ``matryoshka_widths``, ``use_matryoshka_aux_loss`` from
+    ``MatryoshkaBatchTopKTrainingSAEConfig``). A field that the chosen base does not read
+    must keep its default. With ``ortho_coefficient = contrastive_coefficient = 0`` it
+    trains exactly like SAELens's ``standard``, ``topk``, ``batchtopk`` or
+    ``matryoshka_batchtopk``.
     """
 
     sparsity_base: SparsityBase = "relu_l1"
@@ -460,8 +462,9 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     ``OrthoContrastiveTrainingSAE(cfg)`` returns an instance of the subclass for
     ``cfg.sparsity_base``, which combines this class with SAELens's own training class:
     ``OrthoContrastiveReLUL1TrainingSAE`` (``StandardTrainingSAE``),
-    ``OrthoContrastiveTopKTrainingSAE`` (``TopKTrainingSAE``) or
-    ``OrthoContrastiveBatchTopKTrainingSAE`` (``BatchTopKTrainingSAE``). This class
+    ``OrthoContrastiveTopKTrainingSAE`` (``TopKTrainingSAE``),
+    ``OrthoContrastiveBatchTopKTrainingSAE`` (``BatchTopKTrainingSAE``) or
+    ``OrthoContrastiveMatryoshkaBatchTopKTrainingSAE`` (``MatryoshkaBatchTopKTrainingSAE``). This class
     holds what all bases share and defers everything else to the base through
     ``super()``: the encoder, the base's own losses and coefficients, its state updates
     and its conversion for saving.
@@ -834,7 +837,7 @@ class OrthoContrastiveTopKSAE(OrthoContrastiveSAE, TopKSAE):  # type: ignore[mis
 
 
 class OrthoContrastiveJumpReLUSAE(OrthoContrastiveSAE, JumpReLUSAE):  # type: ignore[misc]
-    """A batchtopk training checkpoint opened as SAELens ``jumprelu``: its running
+    """A batchtopk or matryoshka_batchtopk training checkpoint opened as SAELens ``jumprelu``: its running
     threshold becomes every latent's JumpReLU threshold, as SAELens's BatchTopK does when
     it saves (``BatchTopKTrainingSAE.process_state_dict_for_saving_inference``)."""
 
