@@ -163,8 +163,6 @@ def default_arms() -> list[Arm]:
         Arm("oc matryoshka base: ortho only, across groups", OC, "k", K_SWEEP,
             {"sparsity_base": MAT, "contrastive_coefficient": 0.0,
              "matryoshka_ortho_pairs": "across_groups"}),
-        Arm("oc matryoshka base: both, within groups", OC, "k", K_SWEEP,
-            {"sparsity_base": MAT, "matryoshka_ortho_pairs": "within_groups"}),
     ]
 
 
