@@ -103,7 +103,7 @@ class Arm:
         kwargs = {**self.sae_kwargs, self.sparsity_field: sparsity}
         if self.sparsity_field == "k" and self.architecture == "topk":
             kwargs["k"] = int(sparsity)
-        if self.architecture == "matryoshka_batchtopk":
+        if "matryoshka_batchtopk" in (self.architecture, kwargs.get("sparsity_base")):
             kwargs.setdefault("matryoshka_widths", matryoshka_widths(d_sae))
         if self.architecture == "ortho_contrastive":
             # The spec'd warm-up (1000 steps) is written for LLM-length runs; here it is
@@ -131,6 +131,7 @@ target L0 for every arm."""
 K_SWEEP = (4.0, 5.0, 6.0)
 """k values of the TopK-family arms."""
 OC = "ortho_contrastive"
+MAT = "matryoshka_batchtopk"
 
 
 def default_arms() -> list[Arm]:
@@ -152,6 +153,19 @@ def default_arms() -> list[Arm]:
             {"contrastive_coefficient": 1.0}),
         Arm("oc topk base: both", OC, "k", K_SWEEP, {"sparsity_base": "topk"}),
         Arm("oc batchtopk base: both", OC, "k", K_SWEEP, {"sparsity_base": "batchtopk"}),
+        # Matryoshka base (issue 13): the ablation, and which pairs the ortho term covers
+        # across the nested prefix groups (contrastive off, to isolate the ortho term).
+        Arm("oc matryoshka base: ortho only", OC, "k", K_SWEEP,
+            {"sparsity_base": MAT, "contrastive_coefficient": 0.0}),
+        Arm("oc matryoshka base: contrastive only", OC, "k", K_SWEEP,
+            {"sparsity_base": MAT, "ortho_coefficient": 0.0}),
+        Arm("oc matryoshka base: both", OC, "k", K_SWEEP, {"sparsity_base": MAT}),
+        Arm("oc matryoshka base: ortho only, within groups", OC, "k", K_SWEEP,
+            {"sparsity_base": MAT, "contrastive_coefficient": 0.0,
+             "matryoshka_ortho_pairs": "within_groups"}),
+        Arm("oc matryoshka base: ortho only, across groups", OC, "k", K_SWEEP,
+            {"sparsity_base": MAT, "contrastive_coefficient": 0.0,
+             "matryoshka_ortho_pairs": "across_groups"}),
     ]
 
 
@@ -724,6 +738,38 @@ def write_outputs(
     return {"runs": runs_path, "table": table_path, "absorption_plot": absorption_png, "ev_plot": ev_png}
 
 
+def merge_new_arms(
+    runs_json: Path, bench: BenchmarkConfig, workers: int = 2, threads: int = 1
+) -> tuple[BenchmarkConfig, list[RunResult], float]:
+    """The saved runs of ``runs_json`` plus new runs of the arms of ``bench`` that it
+    lacks (by name), trained under the saved benchmark config.
+
+    The saved runs are kept as they are (every run seeds its own init, stream and
+    evaluation, so a run does not depend on which others share the grid). The wall time
+    returned is the saved one plus this call's. Refuses a ``bench`` whose settings other
+    than the arms differ from the saved ones (e.g. ``--quick`` against a full run).
+    """
+    saved_bench, saved_results, saved_wall = load_runs(runs_json)
+    settings = {k: v for k, v in asdict(bench).items() if k != "arms"}
+    saved_settings = {k: v for k, v in asdict(saved_bench).items() if k != "arms"}
+    if json.loads(json.dumps(settings)) != json.loads(json.dumps(saved_settings)):
+        differing = sorted(k for k in settings if settings[k] != saved_settings.get(k))
+        raise ValueError(
+            f"--merge-into {runs_json}: its benchmark settings differ from this command's "
+            f"in {differing}; merge only runs made under the same settings"
+        )
+    saved_names = {arm.name for arm in saved_bench.arms}
+    new_arms = [arm for arm in bench.arms if arm.name not in saved_names]
+    start = time.perf_counter()
+    new_results = (
+        run_grid(replace(saved_bench, arms=new_arms), workers=workers, threads=threads)
+        if new_arms else []
+    )
+    wall = saved_wall + (time.perf_counter() - start)
+    merged = replace(saved_bench, arms=[*saved_bench.arms, *new_arms])
+    return merged, [*saved_results, *new_results], wall
+
+
 # --- command line -------------------------------------------------------------------
 
 
@@ -749,6 +795,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--from-runs", type=Path, metavar="RUNS_JSON",
                         help="re-tabulate and re-plot a saved runs.json (with its own "
                         "config; --target-l0 still applies) instead of training")
+    parser.add_argument("--merge-into", type=Path, metavar="RUNS_JSON",
+                        help="train only the arms of --grid (or --arms) that this saved "
+                        "runs.json lacks, under its own benchmark config, and write the "
+                        "saved runs (unchanged) plus the new ones to its folder")
     parser.add_argument("--workers", type=int, default=2,
                         help="processes training in parallel (default 2: one per core here)")
     parser.add_argument("--threads", type=int, default=1,
@@ -785,14 +835,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         bench, results, wall = load_runs(args.from_runs)
         if args.target_l0 is not None:
             bench = replace(bench, target_l0=args.target_l0)
+    elif args.merge_into:
+        bench, results, wall = merge_new_arms(
+            args.merge_into, bench, workers=args.workers, threads=args.threads
+        )
     else:
         start = time.perf_counter()
         results = run_grid(bench, workers=args.workers, threads=args.threads)
         wall = time.perf_counter() - start
     if args.out is not None:
         out = args.out
-    elif args.from_runs:
-        out = args.from_runs.parent
+    elif args.from_runs or args.merge_into:
+        out = (args.from_runs or args.merge_into).parent
     else:
         out = DEFAULT_OUT / "tuning" if args.grid == "tuning" else DEFAULT_OUT
     paths = write_outputs(bench, results, out, args.headline_arm, wall)

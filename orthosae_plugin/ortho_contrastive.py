@@ -1,6 +1,6 @@
 """The ``ortho_contrastive`` SAE: a sparse autoencoder on one of SAELens's sparsity bases
 (``sparsity_base``: ReLU + L1 ``standard``, the experiment's and the default; ``topk``;
-``batchtopk``), trained with
+``batchtopk``; ``matryoshka_batchtopk``), trained with
 
 (a) a decoder-orthogonality penalty on pairs whose |cos| exceeds a threshold that is
     cosine-annealed from ``ortho_threshold_start`` to ``ortho_threshold_end`` over
@@ -13,7 +13,7 @@
 
 The two terms, their schedules and the guards live in ``OrthoContrastiveTrainingSAE``;
 the base is SAELens's own class (``StandardTrainingSAE``, ``TopKTrainingSAE``,
-``BatchTopKTrainingSAE``), so its encoder, auxiliary dead-latent loss, batch threshold
+``BatchTopKTrainingSAE``, ``MatryoshkaBatchTopKTrainingSAE``), so its encoder, auxiliary dead-latent loss, batch threshold
 and save-time conversion are SAELens's code, not a copy. ``OrthoContrastiveTrainingSAE(cfg)``
 builds the class for ``cfg.sparsity_base``, so SAELens's ``sae_cls(cfg)`` works unchanged.
 
@@ -35,6 +35,7 @@ from safetensors.torch import save_file
 from sae_lens.constants import SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 from sae_lens.saes.batchtopk_sae import BatchTopKTrainingSAE
 from sae_lens.saes.jumprelu_sae import JumpReLUSAE, JumpReLUSAEConfig
+from sae_lens.saes.matryoshka_batchtopk_sae import MatryoshkaBatchTopKTrainingSAE
 from sae_lens.saes.sae import (
     SAE,
     SAEConfig,
@@ -62,6 +63,7 @@ from orthosae_plugin.orthogonality import (
     ortho_penalty_pairs,
     ortho_threshold,
     pair_row_pointers,
+    thresholded_cosine_squared_sum,
 )
 from orthosae_plugin.saving import write_folder_atomically
 from orthosae_plugin.validation import (
@@ -80,7 +82,9 @@ _DRIFT_ROUNDING_ALLOWANCE = 1e-4
 # State-dict keys that exist only for training and are dropped from the inference model.
 _TRAINING_ONLY_BUFFERS = ("projection", "n_steps_trained")
 
-SparsityBase = Literal["relu_l1", "topk", "batchtopk"]
+SparsityBase = Literal["relu_l1", "topk", "batchtopk", "matryoshka_batchtopk"]
+# Bases with SAELens's running BatchTopK threshold (saved as the JumpReLU threshold).
+_BATCH_THRESHOLD_BASES = ("batchtopk", "matryoshka_batchtopk")
 
 # The inference config each base saves as: SAELens's own choice for its `standard`,
 # `topk` and `batchtopk` training classes.
@@ -88,6 +92,7 @@ _INFERENCE_CONFIG_PER_BASE: dict[str, type[SAEConfig]] = {
     "relu_l1": StandardSAEConfig,
     "topk": TopKSAEConfig,
     "batchtopk": JumpReLUSAEConfig,
+    "matryoshka_batchtopk": JumpReLUSAEConfig,
 }
 
 
@@ -105,16 +110,20 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     and defaults (``l1_*``/``lp_norm`` from ``StandardTrainingSAEConfig``; ``k``,
     ``aux_loss_coefficient``, ``rescale_acts_by_decoder_norm``, ``use_sparse_activations``
     from ``TopKTrainingSAEConfig``; ``topk_threshold_lr`` from
-    ``BatchTopKTrainingSAEConfig``). A field that the chosen base does not read must keep
-    its default. With ``ortho_coefficient = contrastive_coefficient = 0`` it trains exactly
-    like SAELens's ``standard``, ``topk`` or ``batchtopk``.
+    ``BatchTopKTrainingSAEConfig``; ``matryoshka_widths``, ``use_matryoshka_aux_loss`` from
+    ``MatryoshkaBatchTopKTrainingSAEConfig``). A field that the chosen base does not read
+    must keep its default. With ``ortho_coefficient = contrastive_coefficient = 0`` it
+    trains exactly like SAELens's ``standard``, ``topk``, ``batchtopk`` or
+    ``matryoshka_batchtopk``.
     """
 
     sparsity_base: SparsityBase = "relu_l1"
     """'relu_l1': ReLU + L1 penalty (SAELens ``standard``; the experiment's base), saved
     as ``standard``. 'topk': the k largest pre-activations per input (SAELens ``topk``),
     saved as ``topk``. 'batchtopk': the k x batch largest over the whole batch (SAELens
-    ``batchtopk``), saved as ``jumprelu`` with the threshold learnt during training."""
+    ``batchtopk``), saved as ``jumprelu`` with the threshold learnt during training.
+    'matryoshka_batchtopk': BatchTopK with nested prefix reconstruction losses (SAELens
+    ``matryoshka_batchtopk``; set ``matryoshka_widths``), saved as ``jumprelu``."""
 
     l1_coefficient: float = 1.0
     """relu_l1 only: final weight of the decoder-norm-weighted L1 penalty (>= 0)."""
@@ -144,6 +153,28 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     topk_threshold_lr: float = 0.01
     """batchtopk only: rate of the running mean of the smallest active pre-activation,
     the JumpReLU threshold of the saved model; in (0, 1]."""
+
+    matryoshka_widths: list[int] = field(default_factory=list)
+    """matryoshka_batchtopk only, and required there: widths of the nested prefixes of
+    the dictionary (SAELens ``matryoshka_batchtopk``), strictly increasing, ending at
+    d_sae (SAELens appends d_sae, with a warning, when the last width is smaller). Each
+    prefix but the whole dictionary adds the loss ``inner_mse_loss_{width}``: the
+    reconstruction from latents ``[0, width)`` alone."""
+
+    use_matryoshka_aux_loss: bool = False
+    """matryoshka_batchtopk only: each prefix group's dead latents reconstruct the error
+    of their own level rather than the whole SAE's (SAELens's option; slower)."""
+
+    matryoshka_ortho_pairs: Literal["all", "within_groups", "across_groups"] = "all"
+    """matryoshka_batchtopk only: which decoder pairs the ortho term penalises. 'all'
+    (default): every pair of the dictionary, as on the other bases. 'within_groups': only
+    pairs of latents added by the same prefix level (``[w_{i-1}, w_i)``); 'across_groups':
+    only pairs from different levels. The mean is still over all d_sae (d_sae - 1)
+    ordered pairs (pairs out of scope count 0), so ``ortho_coefficient`` keeps its scale.
+    The ground-truth benchmark chose the default (README, "Matryoshka base: which
+    pairs"). 'exact' and 'close_pairs' mode compute the restricted scopes as they compute
+    'all' (blockwise; from the close-pair list, keeping the pairs in scope); 'chunked'
+    mode refuses them."""
 
     ortho_coefficient: float = 1000.0
     """Weight of the thresholded decoder-orthogonality penalty (>= 0; 0 turns it off)."""
@@ -277,8 +308,10 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
                 f"contrastive_coefficient={self.contrastive_coefficient} > 0: the "
                 "self-contrastive loss needs >= 2 inputs per batch."
             )
-        if self.sparsity_base == "batchtopk":
-            _check_threshold_settles(self.topk_threshold_lr, total_training_steps, arithmetic)
+        if self.sparsity_base in _BATCH_THRESHOLD_BASES:
+            _check_threshold_settles(
+                self.topk_threshold_lr, total_training_steps, arithmetic, self.sparsity_base
+            )
 
     def bind_to_training_run(
         self, total_training_steps: int, train_batch_size: int, arithmetic: str
@@ -309,7 +342,9 @@ _check_sparsity_base = check_sparsity_base
 _MAX_THRESHOLD_START_WEIGHT = 0.05
 
 
-def _check_threshold_settles(lr: float, total_training_steps: int, arithmetic: str) -> None:
+def _check_threshold_settles(
+    lr: float, total_training_steps: int, arithmetic: str, base: str = "batchtopk"
+) -> None:
     """Refuse a BatchTopK run too short for its running threshold to leave its start.
 
     SAELens starts ``topk_threshold`` at 0 and moves it by ``lr`` of the way to each
@@ -325,7 +360,7 @@ def _check_threshold_settles(lr: float, total_training_steps: int, arithmetic: s
     lr_needed = 1 - _MAX_THRESHOLD_START_WEIGHT ** (1 / total_training_steps)
     raise ValueError(
         f"ortho_contrastive: {arithmetic} = {total_training_steps} training steps is too "
-        f"few for sparsity_base='batchtopk' at topk_threshold_lr={lr}: the saved JumpReLU "
+        f"few for sparsity_base={base!r} at topk_threshold_lr={lr}: the saved JumpReLU "
         f"threshold would still carry (1 - {lr})^{total_training_steps} = "
         f"{start_weight:.2f} of its zero start (at most {_MAX_THRESHOLD_START_WEIGHT} "
         f"allowed), so the saved SAE would fire far more latents than k. Train for at "
@@ -339,8 +374,9 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     ``OrthoContrastiveTrainingSAE(cfg)`` returns an instance of the subclass for
     ``cfg.sparsity_base``, which combines this class with SAELens's own training class:
     ``OrthoContrastiveReLUL1TrainingSAE`` (``StandardTrainingSAE``),
-    ``OrthoContrastiveTopKTrainingSAE`` (``TopKTrainingSAE``) or
-    ``OrthoContrastiveBatchTopKTrainingSAE`` (``BatchTopKTrainingSAE``). This class
+    ``OrthoContrastiveTopKTrainingSAE`` (``TopKTrainingSAE``),
+    ``OrthoContrastiveBatchTopKTrainingSAE`` (``BatchTopKTrainingSAE``) or
+    ``OrthoContrastiveMatryoshkaBatchTopKTrainingSAE`` (``MatryoshkaBatchTopKTrainingSAE``). This class
     holds what all bases share and defers everything else to the base through
     ``super()``: the encoder, the base's own losses and coefficients, its state updates
     and its conversion for saving.
@@ -700,10 +736,71 @@ class OrthoContrastiveBatchTopKTrainingSAE(OrthoContrastiveTrainingSAE, BatchTop
     _state_updated_by_base_step = ("topk_threshold",)
 
 
+class OrthoContrastiveMatryoshkaBatchTopKTrainingSAE(  # type: ignore[misc]
+    OrthoContrastiveTrainingSAE, MatryoshkaBatchTopKTrainingSAE
+):
+    """``ortho_contrastive`` on SAELens ``matryoshka_batchtopk``; saved as ``jumprelu``.
+
+    SAELens's class adds one ``inner_mse_loss_{width}`` per nested prefix; the
+    contrastive term compares the whole dictionary's reconstruction with the input, and
+    the ortho term covers the pairs ``matryoshka_ortho_pairs`` names."""
+
+    _state_updated_by_base_step = ("topk_threshold",)
+
+    @override
+    def _ortho_penalty(self, tau: float, step: int) -> torch.Tensor:
+        pairs = self.cfg.matryoshka_ortho_pairs
+        if pairs == "all":
+            return super()._ortho_penalty(tau, step)
+        D_nd = self.unit_decoder()
+        if self.cfg.ortho_mode == "close_pairs":
+            pairs_P2 = self._close_pairs_at(step, D_nd.detach())
+            if pairs_P2 is not None:  # the listed pairs in scope (still symmetric, sorted)
+                assert self.ortho_scan_decoder is not None
+                # The list's movement check (read with the step's finiteness check).
+                self._ortho_drift = drift_bound(D_nd.detach(), self.ortho_scan_decoder)
+                group_P2 = torch.bucketize(
+                    pairs_P2, torch.tensor(self.cfg.matryoshka_widths, device=pairs_P2.device), right=True
+                )
+                same_P = group_P2[:, 0] == group_P2[:, 1]
+                return ortho_penalty_pairs(D_nd, tau, pairs_P2[same_P if pairs == "within_groups" else ~same_P])
+        return matryoshka_ortho_penalty(
+            D_nd, tau, self.cfg.matryoshka_widths, pairs, self.cfg.ortho_block_size
+        )
+
+
+def matryoshka_ortho_penalty(
+    D_nd: torch.Tensor, tau: float, widths: list[int], pairs: str, block_size: int = 1024
+) -> torch.Tensor:
+    """The exact penalty's terms over the pairs within one prefix level
+    (``pairs='within_groups'``) or across two levels (``'across_groups'``), divided by
+    all ``n (n - 1)`` ordered pairs, like :func:`ortho_penalty_exact`.
+
+    Args:
+        D_nd: decoder directions with unit-norm rows, ``(n, d_in)``.
+        widths: the nested prefix widths, strictly increasing, the last one ``n``.
+    """
+    n = D_nd.shape[0]
+    if n < 2:
+        return D_nd.sum() * 0.0
+    within = D_nd.sum() * 0.0
+    for start, stop in zip([0, *widths[:-1]], widths):
+        if stop - start >= 2:
+            within = within + thresholded_cosine_squared_sum(D_nd[start:stop], tau, block_size)
+    if pairs == "within_groups":
+        total = within
+    elif pairs == "across_groups":
+        total = thresholded_cosine_squared_sum(D_nd, tau, block_size) - within
+    else:
+        raise ValueError(f"pairs={pairs!r} is invalid: allowed are within_groups, across_groups")
+    return total / (n * (n - 1))
+
+
 _TRAINING_CLASS_PER_BASE: dict[str, type[OrthoContrastiveTrainingSAE]] = {
     "relu_l1": OrthoContrastiveReLUL1TrainingSAE,
     "topk": OrthoContrastiveTopKTrainingSAE,
     "batchtopk": OrthoContrastiveBatchTopKTrainingSAE,
+    "matryoshka_batchtopk": OrthoContrastiveMatryoshkaBatchTopKTrainingSAE,
 }
 
 
@@ -716,8 +813,8 @@ class OrthoContrastiveSAEConfig(SAEConfig):
 
     sparsity_base: SparsityBase = "relu_l1"
     """The training base, which picks the inference form: 'relu_l1' opens as a
-    ``standard`` SAE, 'topk' as ``topk``, 'batchtopk' as ``jumprelu``. Checkpoints
-    written before the field existed are 'relu_l1'."""
+    ``standard`` SAE, 'topk' as ``topk``, 'batchtopk' and 'matryoshka_batchtopk' as
+    ``jumprelu``. Checkpoints written before the field existed are 'relu_l1'."""
 
     k: float = 100
     """topk only: active latents per input (read by SAELens's ``TopKSAE``)."""
@@ -766,7 +863,7 @@ class OrthoContrastiveTopKSAE(OrthoContrastiveSAE, TopKSAE):  # type: ignore[mis
 
 
 class OrthoContrastiveJumpReLUSAE(OrthoContrastiveSAE, JumpReLUSAE):  # type: ignore[misc]
-    """A batchtopk training checkpoint opened as SAELens ``jumprelu``: its running
+    """A batchtopk or matryoshka_batchtopk training checkpoint opened as SAELens ``jumprelu``: its running
     threshold becomes every latent's JumpReLU threshold, as SAELens's BatchTopK does when
     it saves (``BatchTopKTrainingSAE.process_state_dict_for_saving_inference``)."""
 
@@ -791,6 +888,7 @@ _INFERENCE_CLASS_PER_BASE: dict[str, type[OrthoContrastiveSAE]] = {
     "relu_l1": OrthoContrastiveStandardSAE,
     "topk": OrthoContrastiveTopKSAE,
     "batchtopk": OrthoContrastiveJumpReLUSAE,
+    "matryoshka_batchtopk": OrthoContrastiveJumpReLUSAE,
 }
 
 

@@ -29,7 +29,7 @@ from orthosae_plugin.orthogonality import ORTHO_MODES
 if TYPE_CHECKING:
     from orthosae_plugin.ortho_contrastive import OrthoContrastiveTrainingSAEConfig
 
-SPARSITY_BASES: tuple[str, ...] = ("relu_l1", "topk", "batchtopk")
+SPARSITY_BASES: tuple[str, ...] = ("relu_l1", "topk", "batchtopk", "matryoshka_batchtopk")
 
 # Fields that only some bases read. Under any other base they must keep their default,
 # so that e.g. `k=4` without `sparsity_base="topk"` is refused rather than silently
@@ -38,12 +38,15 @@ BASES_READING_FIELD: dict[str, tuple[str, ...]] = {
     "l1_coefficient": ("relu_l1",),
     "lp_norm": ("relu_l1",),
     "l1_warm_up_steps": ("relu_l1",),
-    "k": ("topk", "batchtopk"),
-    "aux_loss_coefficient": ("topk", "batchtopk"),
-    "rescale_acts_by_decoder_norm": ("topk", "batchtopk"),
+    "k": ("topk", "batchtopk", "matryoshka_batchtopk"),
+    "aux_loss_coefficient": ("topk", "batchtopk", "matryoshka_batchtopk"),
+    "rescale_acts_by_decoder_norm": ("topk", "batchtopk", "matryoshka_batchtopk"),
     "use_sparse_activations": ("topk",),
-    "topk_threshold_lr": ("batchtopk",),
+    "topk_threshold_lr": ("batchtopk", "matryoshka_batchtopk"),
 }
+# matryoshka_batchtopk's own fields (``matryoshka_widths`` has no plain default) are
+# checked by ``validate_matryoshka_fields``.
+MATRYOSHKA_ORTHO_PAIRS: tuple[str, ...] = ("all", "within_groups", "across_groups")
 
 # Smallest InfoNCE temperature: the gradient scales as 1 / temperature.
 MIN_CONTRASTIVE_TEMPERATURE = 1e-4
@@ -141,6 +144,7 @@ def validate_config(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
     _check_ortho_fields(cfg)
     _check_contrastive_fields(cfg)
     validate_sparsity_base(cfg)
+    validate_matryoshka_fields(cfg)
 
 
 def _check_saelens_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
@@ -244,6 +248,51 @@ def validate_sparsity_base(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
             f"SAELens's TopK auxiliary loss (sparsity_base={base!r}, aux_loss_coefficient="
             f"{cfg.aux_loss_coefficient}) does not support it; use 'none', "
             "'expected_average_only_in' or 'covariance_whitening', or aux_loss_coefficient=0",
+        )
+
+
+def validate_matryoshka_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
+    """Raise a ValueError naming the field, the value and what is allowed, for the
+    fields only ``sparsity_base='matryoshka_batchtopk'`` reads. SAELens checks the widths
+    only when it builds the SAE; here they are checked with the config."""
+    base = cfg.sparsity_base
+    check_bool(cfg, "use_matryoshka_aux_loss")
+    own = {"matryoshka_widths": [], "use_matryoshka_aux_loss": False, "matryoshka_ortho_pairs": "all"}
+    if base != "matryoshka_batchtopk":
+        for name, default in own.items():
+            value = getattr(cfg, name)
+            if value != default:
+                raise invalid(
+                    name,
+                    value,
+                    "only sparsity_base='matryoshka_batchtopk' reads it, and "
+                    f"sparsity_base={base!r}; set sparsity_base, or leave {name} at its "
+                    f"default {default!r}",
+                )
+        return
+    widths = cfg.matryoshka_widths
+    if not isinstance(widths, (list, tuple)):
+        raise invalid("matryoshka_widths", widths, f"it must be a list of increasing widths{_type_note(widths)}")
+    if not widths:
+        raise invalid(
+            "matryoshka_widths", widths,
+            "sparsity_base='matryoshka_batchtopk' needs the nested prefix widths, e.g. "
+            f"[{cfg.d_sae // 8}, {cfg.d_sae // 4}, {cfg.d_sae // 2}, {cfg.d_sae}]",
+        )
+    if any(not isinstance(w, int) or isinstance(w, bool) or w <= 0 for w in widths):
+        raise invalid("matryoshka_widths", widths, "the widths must be positive integers")
+    if any(a >= b for a, b in zip(widths, widths[1:])) or widths[-1] > cfg.d_sae:
+        raise invalid(
+            "matryoshka_widths", widths,
+            f"the widths must be strictly increasing and at most d_sae={cfg.d_sae}",
+        )
+    pairs = cfg.matryoshka_ortho_pairs
+    check_choice(cfg, "matryoshka_ortho_pairs", MATRYOSHKA_ORTHO_PAIRS, "values")
+    if pairs != "all" and cfg.ortho_mode == "chunked":
+        raise invalid(
+            "matryoshka_ortho_pairs", pairs,
+            "ortho_mode='chunked' penalises random chunks of the whole dictionary; use "
+            "'exact' or 'close_pairs', or matryoshka_ortho_pairs='all'",
         )
 
 

@@ -1,7 +1,8 @@
 """ortho_contrastive on each sparsity base (relu_l1, topk, batchtopk): with the extra
 coefficients at 0 it is SAELens's own standard / topk / batchtopk; the two terms add to the
 base's losses; per-base validation; saving in the base's inference form, loaded without
-the plugin; and training through SAELens's runner."""
+the plugin; and training through SAELens's runner. (matryoshka_batchtopk has its own
+file, test_matryoshka_base.py.)"""
 
 import copy
 import json
@@ -246,11 +247,11 @@ def test_a_non_finite_loss_leaves_every_weight_and_buffer_as_it_was(base, failur
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"sparsity_base": "jumprelu"}, r"sparsity_base='jumprelu' is invalid: allowed bases are relu_l1, topk, batchtopk"),
-        ({"sparsity_base": "relu_l1", "k": 4}, r"k=4 is invalid: only sparsity_base='topk' or 'batchtopk' reads it, and sparsity_base='relu_l1'; .*default 100"),
+        ({"sparsity_base": "jumprelu"}, r"sparsity_base='jumprelu' is invalid: allowed bases are relu_l1, topk, batchtopk, matryoshka_batchtopk"),
+        ({"sparsity_base": "relu_l1", "k": 4}, r"k=4 is invalid: only sparsity_base='topk' or 'batchtopk' or 'matryoshka_batchtopk' reads it, and sparsity_base='relu_l1'; .*default 100"),
         ({"sparsity_base": "topk", "l1_coefficient": 5.0}, r"l1_coefficient=5.0 is invalid: only sparsity_base='relu_l1' reads it"),
         ({"sparsity_base": "batchtopk", "l1_warm_up_steps": 10}, r"l1_warm_up_steps=10 is invalid: only sparsity_base='relu_l1' reads it"),
-        ({"sparsity_base": "topk", "topk_threshold_lr": 0.1}, r"topk_threshold_lr=0.1 is invalid: only sparsity_base='batchtopk' reads it"),
+        ({"sparsity_base": "topk", "topk_threshold_lr": 0.1}, r"topk_threshold_lr=0.1 is invalid: only sparsity_base='batchtopk' or 'matryoshka_batchtopk' reads it"),
         ({"sparsity_base": "batchtopk", "use_sparse_activations": True}, r"use_sparse_activations=True is invalid: only sparsity_base='topk' reads it"),
         ({"sparsity_base": "relu_l1", "aux_loss_coefficient": 0.5}, r"aux_loss_coefficient=0.5 is invalid: only sparsity_base='topk' or 'batchtopk'"),
         ({"sparsity_base": "topk", "k": 0}, r"k=0 is invalid: it must satisfy 0 < k <= d_sae=256"),

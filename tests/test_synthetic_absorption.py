@@ -3,6 +3,7 @@ known absorption, and a tiny run of the benchmark end to end."""
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -247,3 +248,35 @@ def test_tiny_benchmark_writes_every_run_a_table_and_plots(tmp_path):
     again = bench.main(["--from-runs", str(paths["runs"]), "--out", str(tmp_path / "again"),
                         "--headline-arm", arms[1]])
     assert again["table"].read_text() == table
+
+
+def test_merging_trains_only_the_missing_arms_and_keeps_the_saved_runs(tmp_path):
+    def tiny(names, **kwargs):
+        arms = [replace(arm, sparsity_values=arm.sparsity_values[:2])
+                for arm in bench.default_arms() if arm.name in names]
+        for arm in arms:
+            if arm.sae_kwargs.get("sparsity_base") == "matryoshka_batchtopk":
+                arm.sae_kwargs = {**arm.sae_kwargs, "topk_threshold_lr": 0.5}  # 8 steps
+        return bench.BenchmarkConfig(
+            num_features=16, hidden_dim=8, hierarchy_roots=2, hierarchy_branching=2,
+            seeds=(0,), training_samples=1024, batch_size=128, eval_samples=512, arms=arms,
+            **kwargs,
+        )
+
+    saved = tiny(["standard"])
+    paths = bench.write_outputs(saved, bench.run_grid(saved, progress=False), tmp_path, "standard", 2.0)
+    before = json.loads(paths["runs"].read_text())["runs"]
+
+    new_arm = "oc matryoshka base: both"
+    merged, results, wall = bench.merge_new_arms(paths["runs"], tiny(["standard", new_arm]), workers=1)
+    assert [arm.name for arm in merged.arms] == ["standard", new_arm]
+    assert wall >= 2.0
+    assert [r.arm for r in results] == ["standard"] * 2 + [new_arm] * 2
+    bench.write_outputs(merged, results, tmp_path, "standard", wall)
+    after = json.loads(paths["runs"].read_text())["runs"]
+    assert after[:2] == before  # the saved runs, untouched
+    assert after[2]["sae_config"]["sparsity_base"] == "matryoshka_batchtopk"
+    assert after[2]["sae_config"]["matryoshka_widths"] == [2, 4, 8, 16]
+
+    with pytest.raises(ValueError, match=r"benchmark settings differ from this command's in \['eval_samples'\]"):
+        bench.merge_new_arms(paths["runs"], replace(tiny([new_arm]), eval_samples=256), workers=1)

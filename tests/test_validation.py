@@ -198,6 +198,12 @@ BASE_FIELD_SPACE = {
     "relu_l1": {"l1_coefficient": (floats(0, 10), BAD_REAL), "lp_norm": (floats(0.5, 2), BAD_REAL | st.just(0.0))},
     "topk": {"k": (st.integers(1, 2), BAD_REAL | st.just(2.5)), "aux_loss_coefficient": (floats(0, 2), BAD_REAL)},
     "batchtopk": {"k": (floats(0.5, 2), BAD_REAL), "topk_threshold_lr": (floats(0.5, 1), BAD_REAL | st.just(0.0))},
+    "matryoshka_batchtopk": {
+        "k": (floats(0.5, 2), BAD_REAL),
+        "topk_threshold_lr": (floats(0.5, 1), BAD_REAL | st.just(0.0)),
+        "matryoshka_widths": (st.sampled_from([[1], [1, 2]]), st.sampled_from([[], [2, 1], [0, 2], [1.5], "1,2", 4, None])),
+        "matryoshka_ortho_pairs": (st.sampled_from(["all", "within_groups"]), st.sampled_from(["none", 1, None])),
+    },
 }
 
 
@@ -205,9 +211,10 @@ BASE_FIELD_SPACE = {
 def configs(draw, n_bad_max=2):
     """Keyword arguments of a config (all valid, then 0 to ``n_bad_max`` fields
     corrupted) and the run's batch and budget."""
-    base = draw(st.sampled_from(["relu_l1", "topk", "batchtopk"]))
+    base = draw(st.sampled_from(sorted(BASE_FIELD_SPACE)))
     space = {**FIELD_SPACE, **BASE_FIELD_SPACE[base]}
     always = {"contrastive_warm_up_steps"} | ({"k"} if base != "relu_l1" else set())
+    always |= {"matryoshka_widths"} if base == "matryoshka_batchtopk" else set()
     names = sorted(always | draw(st.sets(st.sampled_from(sorted(space)), max_size=8)))
     kwargs = {name: draw(space[name][0]) for name in names}
     kwargs["sparsity_base"] = base
