@@ -9,34 +9,27 @@ JSON schema as ``sae_bench`` writes). It wraps, rather than calls,
 * always loads its LLM by name from the hub (main.py:62);
 * writes ``artifacts/absorption/`` into the working directory (main.py:101) and leaves its
   probe caches inside site-packages (common.py:33, the building blocks' default dirs);
-* keys probe caches by model name and layer only, and ``force`` does not retrain them
-  (common.py:50-63), so a second model with the same name silently reuses the first's probe;
 * skips an SAE whose result file exists (main.py:78) and ``break``s out of the loop when
-  too few letters pass the ground-truth probe (main.py:111-118), reporting nothing;
-* for SAE objects only *warns* when decoder rows are not unit-norm (general_utils.py:115),
-  and the metric is then wrong (the planted 60 % reference SAE with decoder norms spread
-  over 0.2 .. 5 scores 0.35);
-* never applies ``config.random_seed``, and lists the vocabulary in hash-map order, so its
-  probe split differs from run to run (see :func:`_sorted_saebench_vocabulary`);
-* trains the k-sparse probes with ``k_sparse_probe_batch_size = 4096``: on a small
-  vocabulary that is one optimiser step per epoch, and the planted clean reference SAE
-  (true absorption 0) scores 0.65.
+  too few letters pass the ground-truth probe (main.py:111-118), reporting nothing.
 
-Everything here is what is needed to fix those and nothing more: all files go under one
-output folder, probes are cached per model *fingerprint*, decoder norms are folded into a
-copy of the SAE, the hook is checked, probe batches are scaled to the vocabulary, and the
-result carries a verdict (:class:`AbsorptionAlarm`, stored in the output's
-``eval_result_unstructured``) saying whether it can be trusted.
+The other workarounds (vocabulary order and subsample, a forward that stops after the SAE's
+layer, probe batch sizes, decoder-norm folding, probe-cache keys, input checks) are in
+:mod:`orthosae_plugin.evals.saebench_fixes`, each naming the SAEBench line it works around.
+The verdict on whether a result can be trusted is :mod:`orthosae_plugin.evals.alarm`.
+
+Real vocabularies: SAEBench probes every alphabetic token (47,078 for SmolLM2's 49k
+vocabulary: ~4M tokens of forward passes). ``words_per_letter=100`` probes a seeded
+subsample of at most 100 words per first letter instead (issue 9: ground-truth probe F1
+0.80 mean at SmolLM2 layer 15, 25 of 26 letters above 0.6; 40 per letter was too few, 17
+of 26); the choice is recorded in the result (``eval_result_unstructured["orthosae_vocabulary"]``)
+and named in the printed verdict.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import hashlib
 import json
-import random
 import re
 import statistics
 import sys
@@ -46,13 +39,10 @@ from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import numpy as np
 import pandas as pd
 import torch
-from sae_bench.evals.absorption import common as saebench_common
-from sae_bench.evals.absorption import feature_absorption as saebench_feature_absorption
 from sae_bench.evals.absorption.common import load_or_train_probe
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_bench.evals.absorption.eval_output import (
@@ -65,8 +55,7 @@ from sae_bench.evals.absorption.eval_output import (
 from sae_bench.evals.absorption.feature_absorption import run_feature_absortion_experiment
 from sae_bench.evals.absorption.k_sparse_probing import run_k_sparse_probing_experiment
 from sae_bench.evals.absorption.main import _aggregate_results_df
-from sae_bench.evals.absorption.prompting import create_icl_prompt
-from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
+from sae_bench.evals.absorption.vocab import LETTERS
 from sae_bench.sae_bench_utils import (
     general_utils,
     get_eval_uuid,
@@ -75,14 +64,12 @@ from sae_bench.sae_bench_utils import (
 )
 from sae_bench.sae_bench_utils.activation_collection import LLM_NAME_TO_DTYPE
 from sae_lens import SAE
-from sae_lens.constants import RUNNER_CFG_FILENAME
 from sklearn.exceptions import UndefinedMetricWarning
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 
 from orthosae_plugin.evals.alarm import (
     ALARM_KEY,
-    NORM_TOLERANCE,
     AbsorptionAlarm,
     AlarmThresholds,
     SaeProvenance,
@@ -90,26 +77,42 @@ from orthosae_plugin.evals.alarm import (
     get_alarm,
 )
 from orthosae_plugin.evals.planted import PLANTED_MODEL_NAME, build_planted_model
+from orthosae_plugin.evals.saebench_fixes import (
+    VocabularyChoice,
+    check_hook,
+    check_prompt_position,
+    check_split_covers_letters,
+    choose_vocabulary,
+    fold_decoder_norms,
+    model_fingerprint,
+    precalc_fits,
+    probe_batch_size,
+    saebench_vocabulary,
+    seed_everything,
+    stop_after_layer,
+)
+from orthosae_plugin.evals.steps import training_steps_of
+
+VOCABULARY_KEY = "orthosae_vocabulary"
+"""Key of the probed vocabulary (:class:`VocabularyChoice`) in ``eval_result_unstructured``."""
 
 __all__ = [
     "AbsorptionEvalError",
     "AlarmThresholds",
+    "check_hook",
+    "fold_decoder_norms",
     "format_summary",
     "get_alarm",
+    "get_vocabulary",
     "load_model",
     "load_output",
     "main",
+    "probe_batch_size",
     "result_path",
     "run_absorption_eval",
+    "training_steps_of",
 ]
 
-RESID_POST_HOOK = re.compile(r"^blocks\.(\d+)\.hook_resid_post$")
-# SAEBench splits the alphabetic vocabulary 80/20 into probe train/test words
-# (probing.py: create_dataset_probe_training, train_test_fraction=0.8).
-SAEBENCH_TRAIN_FRACTION = 0.8
-MIN_PROBE_STEPS_PER_EPOCH = 8
-"""k-sparse probe batches are capped so that each epoch takes at least this many steps."""
-PRECALC_MAX_BYTES = 2**30
 SCORE_COLUMNS = ("mean_absorption_fraction", "full_absorption_rate", "num_split_features",
                  "num_full_absorption", "num_probe_true_positives")
 
@@ -140,203 +143,6 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Hook
     return HookedTransformer.from_pretrained_no_processing(
         name, device=device, dtype=general_utils.str_to_dtype(dtype_str)
     )
-
-
-def training_steps_of(sae: SAE, sae_path: Path | None = None) -> tuple[int | None, str]:
-    """The SAE's recorded number of training steps and where it was read from.
-
-    Order: ``cfg.metadata.training_steps``; then SAELens's ``runner_cfg.json`` next to a
-    saved SAE (``training_tokens // train_batch_size_tokens``); else unknown.
-    """
-    steps = sae.cfg.metadata.get("training_steps")
-    if steps is not None:
-        return int(steps), "cfg.metadata.training_steps"
-    if sae_path is not None and (sae_path / RUNNER_CFG_FILENAME).exists():
-        runner_cfg = json.loads((sae_path / RUNNER_CFG_FILENAME).read_text())
-        tokens, batch = runner_cfg.get("training_tokens"), runner_cfg.get("train_batch_size_tokens")
-        if tokens is not None and batch:
-            source = f"{RUNNER_CFG_FILENAME} (training_tokens // train_batch_size_tokens)"
-            return int(tokens) // int(batch), source
-    return None, "unknown"
-
-
-def check_hook(sae: SAE, model: HookedTransformer) -> int:
-    """Return the layer SAEBench will read, or raise if it would read the wrong place.
-
-    SAEBench reads activations at ``blocks.{layer}.hook_resid_post`` with ``layer`` the
-    first number in the SAE's hook name (general_utils.py:296), so an SAE trained on any
-    other hook would be evaluated on activations it never saw, without a word.
-    """
-    hook_name = sae.cfg.metadata.hook_name
-    match = RESID_POST_HOOK.match(str(hook_name))
-    allowed = f"'blocks.N.hook_resid_post' with 0 <= N < {model.cfg.n_layers}"
-    if match is None:
-        hint = ""
-        pre = re.match(r"^blocks\.(\d+)\.hook_resid_pre$", str(hook_name))
-        if pre and int(pre.group(1)) > 0:
-            hint = (
-                f" (blocks.{pre.group(1)}.hook_resid_pre carries the same activations as "
-                f"blocks.{int(pre.group(1)) - 1}.hook_resid_post; set "
-                "sae.cfg.metadata.hook_name to that if you mean it)"
-            )
-        raise ValueError(
-            f"sae.cfg.metadata.hook_name={hook_name!r}: SAEBench's absorption eval reads "
-            f"only residual-stream outputs; allowed: {allowed}{hint}"
-        )
-    layer = int(match.group(1))
-    if layer >= model.cfg.n_layers:
-        raise ValueError(
-            f"sae.cfg.metadata.hook_name={hook_name!r}: model {model.cfg.model_name!r} has "
-            f"{model.cfg.n_layers} layers; allowed: {allowed}"
-        )
-    if sae.cfg.metadata.hook_head_index is not None:
-        raise ValueError(
-            f"sae.cfg.metadata.hook_head_index={sae.cfg.metadata.hook_head_index}; allowed: None "
-            "(the eval reads the whole residual stream)"
-        )
-    if sae.cfg.d_in != model.cfg.d_model:
-        raise ValueError(
-            f"sae.cfg.d_in={sae.cfg.d_in} but model {model.cfg.model_name!r} has "
-            f"d_model={model.cfg.d_model}; allowed: d_in == d_model"
-        )
-    return layer
-
-
-def check_prompt_position(model: HookedTransformer, config: AbsorptionEvalConfig) -> None:
-    """Raise unless ``config.prompt_token_pos`` points at the word in SAEBench's prompts.
-
-    SAEBench's default (-6) assumes " has the first letter:" is five tokens, as in Gemma's
-    and GPT-2's tokenizers; with another tokenizer every activation would be read from the
-    wrong token.
-    """
-    vocab = sorted(get_alpha_tokens(model.tokenizer))  # type: ignore[arg-type]
-    words = vocab[:: max(1, len(vocab) // 20)][:20]
-    hits = 0
-    for word in words:
-        prompt = create_icl_prompt(
-            word,
-            examples=vocab,
-            base_template=config.prompt_template,
-            max_icl_examples=min(10, len(vocab) - 1),
-            prepend_separator_to_first_example=True,
-        )
-        str_tokens = model.to_str_tokens(prompt.base)
-        hits += str(str_tokens[config.prompt_token_pos]).strip() == word.strip()
-    if 2 * hits < len(words):
-        tail = model.to_str_tokens(config.prompt_template.format(word=words[0]))
-        raise ValueError(
-            f"config.prompt_token_pos={config.prompt_token_pos} does not point at the word "
-            f"for {len(words) - hits} of {len(words)} sample words; this model tokenizes "
-            f"{config.prompt_template.format(word=words[0])!r} as {tail}; allowed: the "
-            "negative index of the word token"
-        )
-
-
-def fold_decoder_norms(sae: SAE) -> tuple[float, bool, str | None]:
-    """Fold decoder norms into the encoder (in place) so that SAEBench's cosines and
-    projections are taken against unit decoder rows, as its metric assumes.
-
-    Returns (max |‖W_dec[i]‖ - 1| before folding, whether rows are unit-norm now, and the
-    architecture's reason when it cannot be folded).
-    """
-    deviation = float((sae.W_dec.detach().norm(dim=-1) - 1).abs().max())
-    if deviation <= NORM_TOLERANCE:
-        return deviation, True, None
-    try:
-        sae.fold_W_dec_norm()
-    except NotImplementedError as error:
-        return deviation, False, str(error)
-    return deviation, True, None
-
-
-def model_fingerprint(model: HookedTransformer, *settings: object) -> str:
-    """A short hash of the model's weights and vocabulary and the probe `settings`.
-
-    SAEBench caches its ground-truth probe under ``{model_name}/layer_{L}`` only; this
-    fingerprint goes into the cache path so that a different model with the same name (a
-    fine-tune, another seed of a toy model) never reuses another model's probe. Per weight
-    it hashes the name, shape, a strided sample of 1024 values and the float64 sum.
-    """
-    digest = hashlib.sha256(repr(settings).encode())
-    vocab = sorted(model.tokenizer.get_vocab().items())  # type: ignore[union-attr]
-    digest.update(json.dumps(vocab).encode())
-    with torch.no_grad():
-        for name, weight in model.state_dict().items():
-            flat = weight.detach().flatten()
-            sample = flat[:: max(1, flat.numel() // 1024)][:1024].float().cpu().numpy()
-            digest.update(f"{name}{tuple(weight.shape)}".encode())
-            digest.update(sample.tobytes())
-            digest.update(np.float64(flat.sum(dtype=torch.float64).item()).tobytes())
-    return digest.hexdigest()[:12]
-
-
-def probe_batch_size(config: AbsorptionEvalConfig, n_alpha_tokens: int) -> int:
-    """``config.k_sparse_probe_batch_size``, lowered so that each epoch over the probe's
-    training words takes at least MIN_PROBE_STEPS_PER_EPOCH steps.
-
-    Unchanged (4096) from 40,960 alphabetic tokens up, so SAEBench-scale vocabularies get
-    SAEBench's setting; 117 for the planted model's 1175. Measured there: at 4096 (one step
-    per epoch) the clean reference SAE scores 0.65 instead of 0.0; from 470 (two steps)
-    down, 0.0.
-    """
-    n_train = int(n_alpha_tokens * SAEBENCH_TRAIN_FRACTION)
-    return max(1, min(config.k_sparse_probe_batch_size, n_train // MIN_PROBE_STEPS_PER_EPOCH))
-
-
-def precalc_fits(n_alpha_tokens: int, d_sae: int) -> bool:
-    """Whether the SAE activations of all probe training words fit in PRECALC_MAX_BYTES.
-
-    SAEBench then encodes them once instead of once per probe step and per (k, letter)
-    probe (k_sparse_probing.py:134-170, with its encode batch = the probe batch); same
-    numbers, and on small vocabularies most of the eval's time saved.
-    """
-    n_train = int(n_alpha_tokens * SAEBENCH_TRAIN_FRACTION)
-    return n_train * d_sae * 4 <= PRECALC_MAX_BYTES
-
-
-def _check_split_covers_letters(split_dir: Path) -> None:
-    """Refuse a probe split in which a letter has no train or no test word.
-
-    SAEBench fails deep inside for a letter without train words (KeyError at
-    k_sparse_probing.py:283) and silently scores one without test words as probe F1 0
-    (scikit-learn only warns); say so plainly instead.
-    """
-    for split in ("train", "test"):
-        answers = pd.read_csv(split_dir / f"{split}_df.csv", keep_default_na=False)["answer"]
-        present = {str(a).strip().lower() for a in answers}
-        missing = [letter for letter in LETTERS if letter not in present]
-        if missing:
-            raise AbsorptionEvalError(
-                f"letters {missing} have no {split} words in SAEBench's random 80/20 split of "
-                f"the alphabetic vocabulary ({split_dir}); the model's vocabulary has too few "
-                "tokens starting with them. Use config.random_seed to draw another split, "
-                "or a model with a larger vocabulary."
-            )
-
-
-@contextlib.contextmanager
-def _sorted_saebench_vocabulary():
-    """Make SAEBench list the alphabetic vocabulary in sorted order while it runs.
-
-    SAEBench lists it in ``tokenizer.vocab`` order (vocab.py:16), which for fast tokenizers
-    comes from a Rust hash map and changes from call to call; its seeded 80/20 probe split
-    (probing.py:276) and in-context examples then differ between runs with the same seed.
-    """
-
-    def sorted_alpha_tokens(tokenizer: Any, *args: Any, **kwargs: Any) -> list[str]:
-        return sorted(get_alpha_tokens(tokenizer, *args, **kwargs))
-
-    with (
-        mock.patch.object(saebench_common, "get_alpha_tokens", sorted_alpha_tokens),
-        mock.patch.object(saebench_feature_absorption, "get_alpha_tokens", sorted_alpha_tokens),
-    ):
-        yield
-
-
-def _seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def per_letter_table(metrics_df: pd.DataFrame, agg_df: pd.DataFrame,
@@ -372,6 +178,7 @@ def run_absorption_eval(
     thresholds: AlarmThresholds | None = None,
     device: str | None = None,
     show_progress: bool = True,
+    words_per_letter: int | None = None,
 ) -> AbsorptionEvalOutput:
     """Run SAEBench's first-letter absorption eval and return SAEBench's output object.
 
@@ -392,6 +199,15 @@ def run_absorption_eval(
         training_steps: overrides the step count the alarm reads from the SAE.
         thresholds: when the alarm fires.
         device: defaults to the model's device.
+        words_per_letter: probe a seeded subsample of at most this many words per first
+            letter (seeded by ``config.random_seed``) instead of SAEBench's full alphabetic
+            vocabulary (None, the default). For real vocabularies: 100 is what issue 9
+            measured to keep the ground-truth probe (F1 0.80 mean on SmolLM2, 25/26
+            letters > 0.6); 40 was too few. Recorded in the output
+            (``eval_result_unstructured["orthosae_vocabulary"]``) and in the summary.
+
+    SAEBench's forward passes stop after the SAE's layer (same activations, no later
+    blocks or unembedding; :func:`~orthosae_plugin.evals.saebench_fixes.stop_after_layer`).
 
     Returns:
         ``AbsorptionEvalOutput``; ``get_alarm(output)`` gives the verdict, which is also in
@@ -405,6 +221,12 @@ def run_absorption_eval(
     """
     output_dir = Path(output_dir).resolve()
     config = config or AbsorptionEvalConfig()
+    if words_per_letter is not None and (
+        isinstance(words_per_letter, bool) or not isinstance(words_per_letter, int)
+        or words_per_letter < 1
+    ):
+        raise ValueError(f"words_per_letter={words_per_letter!r}; allowed: None (SAEBench's "
+                         "full vocabulary) or an integer >= 1")
     if isinstance(model, str):
         model = load_model(model, device=device or "cpu")
     device = device or str(model.cfg.device)
@@ -427,7 +249,8 @@ def run_absorption_eval(
     sae = sae.to(device=device, dtype=model.cfg.dtype)
     general_utils._standardize_sae_cfg(sae.cfg)  # as SAEBench's own loader does
 
-    n_alpha = len(get_alpha_tokens(model.tokenizer))  # type: ignore[arg-type]
+    vocab = choose_vocabulary(model, words_per_letter, config.random_seed)
+    n_alpha = vocab.n_words_probed
     config = replace(
         config,
         model_name=model.cfg.model_name,
@@ -436,15 +259,19 @@ def run_absorption_eval(
         precalc_k_sparse_probe_sae_acts=config.precalc_k_sparse_probe_sae_acts
         or precalc_fits(n_alpha, sae.cfg.d_sae),
     )
-    with torch.enable_grad(), warnings.catch_warnings(), _sorted_saebench_vocabulary():
+    with (
+        torch.enable_grad(), warnings.catch_warnings(),
+        saebench_vocabulary(words_per_letter, config.random_seed),
+        stop_after_layer(model, layer),
+    ):
         # SAEBench trains probes (run_eval sets grad mode globally, main.py:44); sklearn
         # warns for every k-sparse probe that predicts no positives, which the alarm covers.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         table = _run_saebench_experiments(
-            model, sae, layer, sae_name, config, output_dir, device, show_progress
+            model, sae, layer, sae_name, config, output_dir, device, show_progress, vocab
         )
     alarm = assess_result(table, provenance, config, model.cfg.model_name, thresholds)
-    output = _build_output(table, config, sae, sae_name, alarm)
+    output = _build_output(table, config, sae, sae_name, alarm, vocab)
     output.to_json_file(str(result_path(output_dir, sae_name)))
     return output
 
@@ -452,12 +279,14 @@ def run_absorption_eval(
 def _run_saebench_experiments(
     model: HookedTransformer, sae: SAE, layer: int, sae_name: str,
     config: AbsorptionEvalConfig, output_dir: Path, device: str, show_progress: bool,
+    vocab: VocabularyChoice,
 ) -> pd.DataFrame:
     """SAEBench's ground-truth probe, k-sparse probing and absorption experiments, with
     every path under `output_dir`; returns :func:`per_letter_table`."""
     fingerprint = model_fingerprint(
-        model, config.prompt_template, config.prompt_token_pos, config.random_seed
-    )
+        model, config.prompt_template, config.prompt_token_pos, config.random_seed,
+        *(() if vocab.words_per_letter is None else (("words_per_letter", vocab.words_per_letter),)),
+    )  # the full vocabulary keeps the fingerprint it had before words_per_letter existed
     probes_dir = output_dir / "probes" / f"{_safe(model.cfg.model_name)}-{fingerprint}"
     artifacts = output_dir / "artifacts"
     common = dict(
@@ -466,12 +295,13 @@ def _run_saebench_experiments(
         device=device, probes_dir=probes_dir, force=True,  # per-SAE results: never stale
     )
     stages = tqdm(total=3, desc=f"absorption {sae_name}", disable=not show_progress)
-    _seed_everything(config.random_seed)
+    seed_everything(config.random_seed)
 
     stages.set_postfix_str("ground-truth probe")
     load_or_train_probe(model, config.prompt_template, config.prompt_token_pos,
                         layer=layer, probes_dir=probes_dir, device=device)
-    _check_split_covers_letters(probes_dir / model.cfg.model_name / f"layer_{layer}")
+    check_split_covers_letters(probes_dir / model.cfg.model_name / f"layer_{layer}",
+                               AbsorptionEvalError)
     stages.update()
 
     stages.set_postfix_str("k-sparse probes")
@@ -510,7 +340,8 @@ def _run_saebench_experiments(
 
 
 def _build_output(table: pd.DataFrame, config: AbsorptionEvalConfig, sae: SAE,
-                  sae_name: str, alarm: AbsorptionAlarm) -> AbsorptionEvalOutput:
+                  sae_name: str, alarm: AbsorptionAlarm,
+                  vocab: VocabularyChoice) -> AbsorptionEvalOutput:
     """SAEBench's output object, filled as main.run_eval fills it (main.py:135-188)."""
     scored = table.dropna(subset=["mean_absorption_fraction"])
     details = [
@@ -554,7 +385,7 @@ def _build_output(table: pd.DataFrame, config: AbsorptionEvalConfig, sae: SAE,
         sae_lens_release_id=sae_name,
         sae_lens_version=get_sae_lens_version(),
         sae_cfg_dict=sae.cfg.to_dict(),
-        eval_result_unstructured={ALARM_KEY: asdict(alarm)},
+        eval_result_unstructured={ALARM_KEY: asdict(alarm), VOCABULARY_KEY: asdict(vocab)},
     )
 
 
@@ -580,6 +411,23 @@ def _safe(name: str) -> str:
 
 
 # --------------------------------------------------------------------------- reporting
+
+
+def get_vocabulary(output: AbsorptionEvalOutput) -> VocabularyChoice | None:
+    """The probed vocabulary recorded in an output (None for outputs written before
+    ``words_per_letter`` existed, or by SAEBench itself)."""
+    recorded = (output.eval_result_unstructured or {}).get(VOCABULARY_KEY)
+    return None if recorded is None else VocabularyChoice(**recorded)
+
+
+def vocabulary_phrase(vocab: VocabularyChoice | None) -> str:
+    """How the summary names the probed vocabulary."""
+    if vocab is None or vocab.words_per_letter is None:
+        n = "" if vocab is None else f", {vocab.n_alpha_tokens:,} words"
+        return f"SAEBench's full alphabetic vocabulary{n}"
+    return (f"a seeded subsample of {vocab.words_per_letter} words per letter "
+            f"({vocab.n_words_probed:,} of {vocab.n_alpha_tokens:,} alphabetic tokens, "
+            f"seed {vocab.seed})")
 
 
 def format_summary(output: AbsorptionEvalOutput, path: Path | None = None) -> str:
@@ -615,11 +463,15 @@ def format_summary(output: AbsorptionEvalOutput, path: Path | None = None) -> st
         f"{m.mean_full_absorption_score:.3f}, split features {m.mean_num_split_features:.2f}"
     )
     lines.extend(textwrap.wrap(legend, 78))
+    probed = vocabulary_phrase(get_vocabulary(output))
     if alarm.trustworthy:
-        lines.append("verdict: TRUSTWORTHY (no alarm fired)")
+        lines.extend(textwrap.wrap(f"verdict: TRUSTWORTHY (no alarm fired), probed on {probed}",
+                                   78, subsequent_indent="  "))
     else:
         lines.append("!" * 78)
         lines.append("!!! verdict: UNTRUSTWORTHY -- do not report these numbers:")
+        lines.extend(textwrap.wrap(f"(probed on {probed})", 78, initial_indent="!!!  ",
+                                   subsequent_indent="!!!  "))
         for reason in alarm.reasons:
             lines.extend(textwrap.wrap(reason, 78, initial_indent="!!!  - ",
                                        subsequent_indent="!!!    "))
@@ -668,6 +520,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=defaults.random_seed,
                         help="seeds the probe split and probe training "
                         f"(default {defaults.random_seed})")
+    parser.add_argument("--words-per-letter", type=int, default=None,
+                        help="probe a seeded subsample of at most this many words per first "
+                        "letter (100 is enough for SmolLM2's 49k vocabulary; default: "
+                        "SAEBench's full vocabulary)")
     parser.add_argument("--training-steps", type=int, default=None,
                         help="override the SAE's recorded training steps for the alarm")
     parser.add_argument("--min-training-steps", type=int,
@@ -692,7 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         output = run_absorption_eval(
             args.sae, model, args.out, config, sae_name=args.name,
             training_steps=args.training_steps, thresholds=thresholds, device=args.device,
-            show_progress=not args.quiet,
+            show_progress=not args.quiet, words_per_letter=args.words_per_letter,
         )
     except (ValueError, AbsorptionEvalError) as error:
         print(f"orthosae-absorption: cannot evaluate: {error}", file=sys.stderr)
