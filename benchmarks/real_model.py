@@ -114,8 +114,10 @@ K_GRID = (20.0, 32.0, 48.0)
 def _matryoshka_base_accepted() -> bool:
     """Whether this version of ``ortho_contrastive`` accepts a Matryoshka BatchTopK base
     (issue 13 adds it)."""
+    widths = ({"matryoshka_widths": [16, 64]}
+              if "matryoshka_widths" in {f.name for f in dataclasses.fields(OrthoContrastiveTrainingSAEConfig)} else {})
     try:
-        OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=64, sparsity_base="matryoshka_batchtopk", k=4)
+        OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=64, sparsity_base="matryoshka_batchtopk", k=4, **widths)
     except (ValueError, TypeError):
         return False
     return True
@@ -311,7 +313,8 @@ class RunResult:
     seed: int
     metrics: dict[str, float]
     alarm: dict[str, Any]
-    """``trustworthy`` and ``reasons`` of the absorption alarm, as the eval gave them."""
+    """``trustworthy``, ``reasons`` and ``notes`` of the absorption alarm, as the eval
+    gave them, and the ``vocabulary`` it probed."""
     absorption_letters: dict[str, dict[str, float]]
     eval_seconds: float
     bench_key: str
@@ -419,7 +422,8 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
     return RunResult(
         arm=arm.name, architecture=arm.architecture, sparsity_field=arm.sparsity_field,
         sparsity=sparsity, seed=bench.seed, metrics=metrics,
-        alarm={"trustworthy": alarm.trustworthy, "reasons": list(alarm.reasons)},
+        alarm={"trustworthy": alarm.trustworthy, "reasons": list(alarm.reasons), "notes": list(alarm.notes),
+               "vocabulary": (output.eval_result_unstructured or {}).get("orthosae_vocabulary")},
         absorption_letters={d.first_letter: {"absorption": d.mean_absorption_fraction,
                                              "full_absorption": d.full_absorption_rate,
                                              "split_features": d.num_split_features}
