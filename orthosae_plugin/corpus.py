@@ -16,9 +16,12 @@ split is the last :data:`HELDOUT_SHARE` of every document (cut at a line break),
 split the rest, so the two never share text. Any folder of ``.txt`` files (``text_dir``; one
 document per file) works the same way.
 
-Rows: each split's documents are tokenized, joined with ``<|endoftext|>`` (the tokenizer's EOS
-where it has none), cut into rows of exactly ``context_size`` tokens (the remainder dropped),
-and shuffled with a fixed seed, so that the first rows (``max_tokens``) mix all sources.
+Rows: each split's documents are tokenized and joined with ``<|endoftext|>`` (the tokenizer's
+EOS where it has none); the stream is cut into pieces of ``context_size - 1`` tokens (the
+remainder dropped), each row is ``<|endoftext|>`` followed by one piece, and the rows are
+shuffled with a fixed seed, so that the first rows (``max_tokens``) mix all sources. Starting
+every row with that special token lets SAELens's own evals (which mask special tokens) leave
+out position 0, whose residual stream is an outlier (see ``orthosae_plugin.activations``).
 The result is saved with ``Dataset.save_to_disk`` under the cache, keyed by the tokenizer's
 vocabulary, the context size, the source and the split.
 """
@@ -28,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -39,14 +43,14 @@ from typing import Any
 import numpy as np
 from datasets import Dataset, load_from_disk
 
-from orthosae_plugin.smollm import cache_dir
+from orthosae_plugin.smollm import _publish, cache_dir
 
 HELDOUT_SHARE = 0.1
 """Share of every document, at its end, that forms the held-out split."""
 DEBIAN_PACKAGES = ("r-cran-janeaustenr", "sword-text-web")
 SPLITS = ("train", "heldout")
 _TEXT_VERSION = 1  # bump when the text extraction changes
-_ROWS_VERSION = 1  # bump when the row layout changes
+_ROWS_VERSION = 2  # bump when the row layout changes
 _SHUFFLE_SEED = 0
 
 
@@ -168,15 +172,14 @@ def debian_text_dir() -> Path:
     if (out / ".complete").exists():
         return out
     root = _fetch_debian_packages()
-    tmp = out.with_name(out.name + ".partial")
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     _say(f"extracting plain text from {', '.join(DEBIAN_PACKAGES)} into {out}")
     for name, text in [*_austen_documents(root), *_bible_documents(root)]:
         (tmp / f"{name}.txt").write_text(text, encoding="utf-8")
     (tmp / ".complete").write_text(json.dumps({"packages": DEBIAN_PACKAGES}))
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    _publish(tmp, out)
     return out
 
 
@@ -207,17 +210,21 @@ def _source_key(text_dir: Path) -> str:
     return hashlib.sha256(json.dumps([str(text_dir.resolve()), listing]).encode()).hexdigest()[:16]
 
 
-def _separator_id(tokenizer: Any) -> int:
+def row_start_token_id(tokenizer: Any) -> int:
+    """The token that separates documents and starts every row: ``<|endoftext|>`` (SmolLM2's
+    document separator in pretraining), else the tokenizer's EOS."""
     sep = tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    if isinstance(sep, int) and sep != tokenizer.unk_token_id or tokenizer.eos_token_id is None:
+    if isinstance(sep, int) and sep >= 0 and tokenizer.convert_ids_to_tokens(sep) == "<|endoftext|>":
         return sep
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has neither <|endoftext|> nor an EOS token to start rows with")
     return tokenizer.eos_token_id
 
 
 def _build_rows(tokenizer: Any, text_dir: Path, split: str, context_size: int) -> np.ndarray:
     from tqdm.auto import tqdm
 
-    sep = _separator_id(tokenizer)
+    sep = row_start_token_id(tokenizer)
     stream: list[int] = []
     files = sorted(text_dir.rglob("*.txt"))
     for path in tqdm(files, desc=f"tokenizing {split} split", file=sys.stderr):
@@ -225,8 +232,11 @@ def _build_rows(tokenizer: Any, text_dir: Path, split: str, context_size: int) -
         if part:
             stream.extend(tokenizer(part, add_special_tokens=False)["input_ids"])
             stream.append(sep)
-    n_rows = len(stream) // context_size
-    rows = np.asarray(stream[: n_rows * context_size], dtype=np.int32).reshape(n_rows, context_size)
+    body = context_size - 1  # every row: the separator, then body tokens of text
+    n_rows = len(stream) // body
+    rows = np.empty((n_rows, context_size), dtype=np.int32)
+    rows[:, 0] = sep
+    rows[:, 1:] = np.asarray(stream[: n_rows * body], dtype=np.int32).reshape(n_rows, body)
     return rows[np.random.default_rng(_SHUFFLE_SEED).permutation(n_rows)]
 
 
@@ -247,18 +257,21 @@ def english_corpus(tokenizer: Any, context_size: int = 128, split: str = "train"
         raise ValueError(f"context_size={context_size}; must be at least 2")
     if max_tokens is not None and max_tokens < context_size:
         raise ValueError(f"max_tokens={max_tokens}; must be at least context_size={context_size}")
-    source = Path(text_dir).expanduser() if text_dir is not None else debian_text_dir()
-    key = f"{_tokenizer_key(tokenizer)}-{_source_key(source)}-ctx{context_size}-{split}-v{_ROWS_VERSION}"
+    if text_dir is None:
+        source, source_key = debian_text_dir(), f"debian{_TEXT_VERSION}"
+    else:
+        source = Path(text_dir).expanduser()
+        source_key = _source_key(source)
+    key = f"{_tokenizer_key(tokenizer)}-{source_key}-ctx{context_size}-{split}-v{_ROWS_VERSION}"
     folder = cache_dir() / "corpus" / key
     if not (folder / "dataset_info.json").exists():
         rows = _build_rows(tokenizer, source, split, context_size)
         if len(rows) == 0:
             raise ValueError(f"the {split} split of {source} has fewer than {context_size} tokens")
-        tmp = folder.with_name(folder.name + ".partial")
+        tmp = folder.with_name(f"{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         Dataset.from_dict({"input_ids": rows}).save_to_disk(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        tmp.rename(folder)
+        _publish(tmp, folder)
         _say(f"corpus {split}: {len(rows)} rows x {context_size} tokens = {rows.size:,} tokens, cached in {folder}")
     data = load_from_disk(str(folder))
     if max_tokens is not None:

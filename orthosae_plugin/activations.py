@@ -1,0 +1,269 @@
+"""SmolLM2 activations cached once with SAELens, SAE training on the cache, held-out metrics.
+
+    from orthosae_plugin.activations import (
+        cached_activations, smollm2_runner_config, smollm2_training_runner, heldout_metrics)
+
+    path = cached_activations("blocks.15.hook_resid_post", n_tokens=600_000)   # forward once
+    cfg = smollm2_runner_config(sae_cfg, path, training_tokens=600_000)        # then SAE speed
+    sae = smollm2_training_runner(cfg).run()
+    print(heldout_metrics(sae, load_smollm2(), "blocks.15.hook_resid_post"))
+
+Position 0 of every row is left out everywhere: its residual norm is ~23,000 at layer 15
+against ~170 elsewhere (an attention sink), and one such vector per row would dominate both the
+SAE's loss and explained variance. Every corpus row starts with ``<|endoftext|>``
+(:func:`orthosae_plugin.corpus.english_corpus`), the cache is written with SAELens's
+``seqpos_slice=(1, None)``, and both training and SAELens's evals exclude the separator token
+(``exclude_special_tokens``), which also drops the few document separators inside rows.
+
+Because the cached rows are already sliced, the training config says ``context_size=127``
+(``context_size - 1``) and ``seqpos_slice=(None,)``: SAELens checks the cache's shape against
+those two fields. The cache folder's ``orthosae_cache.json`` records the original layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from datasets import Dataset
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+from sae_lens.cache_activations_runner import CacheActivationsRunner
+from sae_lens.config import CacheActivationsRunnerConfig
+from sae_lens.evals import EvalConfig, run_evals
+from sae_lens.training.activation_scaler import ActivationScaler
+from sae_lens.training.activations_store import ActivationsStore
+
+from orthosae_plugin.corpus import english_corpus, row_start_token_id
+from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME, SMOLLM2_PROCESSING, _publish, cache_dir, load_smollm2
+
+SEQPOS_SLICE = (1, None)
+"""Positions kept from every row when caching: all but position 0 (the attention sink)."""
+DEFAULT_HOOK = "blocks.15.hook_resid_post"
+"""The middle of SmolLM2's 30 layers; see the README's "Real model" section for the measurement."""
+_BUFFER_TOKENS = 32_768  # tokens per cache shard: one progress-bar step, ~75 MB at d_in 576
+_META = "orthosae_cache.json"
+
+
+def _say(message: str) -> None:
+    print(f"[orthosae-plugin] {message}", file=sys.stderr, flush=True)
+
+
+def _sliced(context_size: int) -> int:
+    return len(range(context_size)[slice(*SEQPOS_SLICE)])
+
+
+def _activations_root(hook_name: str, context_size: int) -> Path:
+    return cache_dir() / "activations" / SMOLLM2_MODEL_NAME / f"{hook_name}-ctx{context_size}"
+
+
+def _existing_cache(hook_name: str, context_size: int, n_tokens: int, source: str) -> Path | None:
+    """The smallest complete cache for this hook, context and text with at least n_tokens."""
+    best = None
+    for meta_path in _activations_root(hook_name, context_size).glob(f"*/{_META}"):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("source") == source and meta["n_tokens"] >= n_tokens:
+            if best is None or meta["n_tokens"] < best[0]:
+                best = (meta["n_tokens"], meta_path.parent)
+    return None if best is None else best[1]
+
+
+def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, context_size: int = 128,
+                       *, model: Any = None, text_dir: str | Path | None = None,
+                       model_batch_size: int = 16) -> Path:
+    """SAELens ``CacheActivationsRunner`` output for ``hook_name`` on the training split.
+
+    ``n_tokens`` counts SAE training tokens (positions 1..context_size-1 of each row); the
+    cache is rounded up to whole shards. An existing cache with at least as many tokens (same
+    hook, context and text) is reused. ``model`` defaults to :func:`load_smollm2`. The forward
+    pass stops after the hook's layer.
+    """
+    source = "debian" if text_dir is None else str(Path(text_dir).expanduser().resolve())
+    found = _existing_cache(hook_name, context_size, n_tokens, source)
+    if found is not None:
+        return found
+    model = model if model is not None else load_smollm2()
+    sliced = _sliced(context_size)
+    batch_tokens = model_batch_size * sliced
+    batches_per_shard = max(1, min(_BUFFER_TOKENS // batch_tokens, math.ceil(n_tokens / batch_tokens)))
+    shard_tokens = batches_per_shard * batch_tokens
+    n_shards = math.ceil(n_tokens / shard_tokens)
+    total = n_shards * shard_tokens
+    n_rows = total // sliced
+    corpus = english_corpus(model.tokenizer, context_size=context_size, split="train", text_dir=text_dir)
+    if len(corpus) < n_rows:
+        raise ValueError(f"n_tokens={n_tokens:,} needs {n_rows:,} rows of {context_size} tokens; the training "
+                         f"split has {len(corpus):,} rows ({len(corpus) * sliced:,} tokens after position 0)")
+    out = _activations_root(hook_name, context_size) / f"{total}tok-{source.replace('/', '_')[-40:]}"
+    tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    bytes_per_token = model.cfg.d_model * 4
+    cfg = CacheActivationsRunnerConfig(
+        dataset_path=f"orthosae-english-{source}",
+        model_name=SMOLLM2_MODEL_NAME,
+        model_batch_size=model_batch_size,
+        hook_name=hook_name,
+        d_in=model.cfg.d_model,
+        training_tokens=total,
+        context_size=context_size,
+        new_cached_activations_path=str(tmp),
+        shuffle=False,  # the corpus rows are already shuffled; SAELens's shuffle is not saved anyway
+        dtype="float32",
+        device=str(model.cfg.device),
+        # one shard = shard_tokens tokens (half a token's bytes of slack against float rounding)
+        buffer_size_gb=(shard_tokens + 0.5) * bytes_per_token / 1e9,
+        prepend_bos=False,
+        seqpos_slice=SEQPOS_SLICE,
+    )
+    _say(f"caching {total:,} activations of {hook_name} ({n_shards} shards, "
+         f"{total * bytes_per_token / 1e9:.2f} GB) into {out}")
+    started = time.perf_counter()
+    runner = _cache_runner(cfg, model, corpus.select(range(n_rows)))
+    runner.run()
+    (tmp / _META).write_text(json.dumps({
+        "model_name": SMOLLM2_MODEL_NAME, "hook_name": hook_name, "context_size": context_size,
+        "seqpos_slice": list(SEQPOS_SLICE), "cached_context_size": sliced, "n_tokens": total,
+        "n_rows": n_rows, "d_in": model.cfg.d_model, "source": source, "split": "train",
+        "row_start_token_id": row_start_token_id(model.tokenizer),
+        "seconds": round(time.perf_counter() - started, 1),
+    }, indent=1))
+    _publish(tmp, out)
+    _say(f"cached {total:,} activations in {time.perf_counter() - started:.0f} s")
+    return out
+
+
+def _cache_runner(cfg: CacheActivationsRunnerConfig, model: Any, dataset: Dataset) -> CacheActivationsRunner:
+    """SAELens's ``CacheActivationsRunner`` on an in-memory model. Its ``__init__`` always
+    loads the model by name (``sae_lens.load_model``); SmolLM2 is not a name TransformerLens
+    knows, so the loader is swapped for the model in hand during construction only."""
+    import sae_lens.cache_activations_runner as module
+
+    original = module.load_model
+    module.load_model = lambda **_: model  # type: ignore[assignment]
+    try:
+        return CacheActivationsRunner(cfg, override_dataset=dataset)
+    finally:
+        module.load_model = original
+
+
+def cache_info(activations_path: str | Path) -> dict[str, Any]:
+    """What :func:`cached_activations` recorded about a cache folder."""
+    return json.loads((Path(activations_path) / _META).read_text())
+
+
+def smollm2_runner_config(sae_cfg: Any, activations_path: str | Path, training_tokens: int, *,
+                          train_batch_size_tokens: int = 1024, lr: float = 1e-3,
+                          output_path: str | None = None, **runner_kwargs: Any) -> LanguageModelSAERunnerConfig:
+    """A SAELens runner config that trains ``sae_cfg`` on a cache from :func:`cached_activations`.
+
+    ``use_cached_activations=True``; W&B logging off, no checkpoints (override either through
+    ``runner_kwargs``). ``training_tokens`` beyond the cache's size start a second epoch
+    (SAELens warns). Run it with :func:`smollm2_training_runner`.
+    """
+    info = cache_info(activations_path)
+    if sae_cfg.d_in != info["d_in"]:
+        raise ValueError(f"sae_cfg.d_in={sae_cfg.d_in}; the cache holds d_in={info['d_in']}")
+    context = info["cached_context_size"]
+    kwargs: dict[str, Any] = dict(
+        sae=sae_cfg,
+        model_name=SMOLLM2_MODEL_NAME,
+        hook_name=info["hook_name"],
+        dataset_path=str(activations_path),
+        is_dataset_tokenized=True,
+        use_cached_activations=True,
+        cached_activations_path=str(activations_path),
+        context_size=context,  # the cached rows, position 0 already sliced off
+        seqpos_slice=(None,),
+        prepend_bos=False,
+        exclude_special_tokens=[info["row_start_token_id"]],
+        # what load_smollm2 applies (SAELens's default for HookedTransformer says otherwise)
+        model_from_pretrained_kwargs=dict(SMOLLM2_PROCESSING),
+        training_tokens=training_tokens,
+        train_batch_size_tokens=train_batch_size_tokens,
+        store_batch_size_prompts=16,
+        # SAELens's mixing buffer holds n_batches_in_buffer * context activations; two batches fit
+        n_batches_in_buffer=max(8, -(-4 * train_batch_size_tokens // context)),
+        lr=lr,
+        device="cpu",
+        output_path=output_path,
+        checkpoint_path=None,
+        logger=LoggingConfig(log_to_wandb=False),
+        verbose=False,
+    )
+    kwargs.update(runner_kwargs)
+    return LanguageModelSAERunnerConfig(**kwargs)
+
+
+def smollm2_training_runner(cfg: LanguageModelSAERunnerConfig, model: Any = None,
+                            **runner_kwargs: Any) -> LanguageModelSAETrainingRunner:
+    """SAELens's ``LanguageModelSAETrainingRunner`` for a config from
+    :func:`smollm2_runner_config`. SAELens needs a model and a token dataset even when it
+    reads cached activations (it inspects the dataset's first row); they are given here
+    (the model from the cache, a few corpus rows) and never run."""
+    model = model if model is not None else load_smollm2()
+    placeholder = english_corpus(model.tokenizer, context_size=cfg.context_size + 1, split="train",
+                                 max_tokens=16 * (cfg.context_size + 1))
+    with warnings.catch_warnings():
+        # "pretokenized dataset has context_size 128, but the provided context_size is 127"
+        warnings.filterwarnings("ignore", message="pretokenized dataset has context_size")
+        return LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=placeholder,
+                                              **runner_kwargs)
+
+
+@torch.no_grad()
+def heldout_metrics(sae: Any, model: Any, hook_name: str | None = None, n_tokens: int = 8192,
+                    context_size: int = 128, batch_size_prompts: int = 8,
+                    text_dir: str | Path | None = None) -> dict[str, float]:
+    """L0, explained variance and CE-loss recovered of ``sae`` on the held-out split, with
+    SAELens's own ``run_evals``; position 0 (``<|endoftext|>``) excluded from all three.
+
+    CE loss recovered (SAELens's ``ce_loss_score``) is
+    ``(CE zero-ablated - CE with SAE) / (CE zero-ablated - CE clean)``: 1 means the SAE's
+    reconstruction loses nothing downstream. ``n_tokens`` is rounded down to whole batches;
+    it costs three full forwards (clean, SAE, ablated) plus one to the hook.
+    """
+    hook_name = hook_name or sae.cfg.metadata.hook_name
+    n_batches = max(1, n_tokens // (batch_size_prompts * context_size))
+    data = english_corpus(model.tokenizer, context_size=context_size, split="heldout", text_dir=text_dir,
+                          max_tokens=n_batches * batch_size_prompts * context_size)
+    store = ActivationsStore(
+        model=model, dataset=data, streaming=False, hook_name=hook_name, hook_head_index=None,
+        context_size=context_size, d_in=model.cfg.d_model, n_batches_in_buffer=2,
+        total_training_tokens=len(data) * context_size, store_batch_size_prompts=batch_size_prompts,
+        train_batch_size_tokens=batch_size_prompts * context_size, prepend_bos=False,
+        normalize_activations="none", device=torch.device("cpu"), dtype="float32",
+    )
+    eval_cfg = EvalConfig(
+        batch_size_prompts=batch_size_prompts,
+        n_eval_reconstruction_batches=n_batches, compute_ce_loss=True,
+        n_eval_sparsity_variance_batches=n_batches, compute_sparsity_metrics=True,
+        compute_variance_metrics=True,
+    )
+    was_training = sae.training
+    sae.eval()
+    original_hook = sae.cfg.metadata.hook_name
+    sae.cfg.metadata.hook_name = hook_name
+    try:
+        metrics, _ = run_evals(sae, store, model, ActivationScaler(), eval_cfg,
+                               exclude_special_tokens=[row_start_token_id(model.tokenizer)])
+    finally:
+        sae.cfg.metadata.hook_name = original_hook
+        sae.train(was_training)
+    ce = metrics["model_performance_preservation"]
+    return {
+        "l0": metrics["sparsity"]["l0"],
+        "explained_variance": metrics["reconstruction_quality"]["explained_variance"],
+        "mse": metrics["reconstruction_quality"]["mse"],
+        "ce_loss_recovered": ce["ce_loss_score"],
+        "ce_loss_clean": ce["ce_loss_without_sae"],
+        "ce_loss_with_sae": ce["ce_loss_with_sae"],
+        "ce_loss_zero_ablation": ce["ce_loss_with_ablation"],
+        "n_tokens": n_batches * batch_size_prompts * context_size,
+    }
