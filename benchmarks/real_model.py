@@ -154,12 +154,13 @@ class BenchConfig:
     """SAEs read ``blocks.{layer}.hook_resid_post`` (DESIGN §6's measurements are at 15)."""
     d_sae: int = 2304
     """Latents (4 x SmolLM2's d_model 576)."""
-    training_tokens: int = 262_144
-    """Tokens per SAE: 1024 steps of 256, enough steps for the absorption alarm's minimum
-    (1000), in ~1 min of one idle core for a ``standard`` SAE (measured: 55 ms a step at
-    d_in 576, d_sae 2304, batch 256). With the evals (~1.5 min a run) the full grid of 30
-    runs is ~75 min of one idle core, --quick's 10 runs ~25."""
-    batch_size: int = 256
+    training_tokens: int = 204_800
+    """Tokens per SAE: 1024 steps of 200, enough steps for the absorption alarm's minimum
+    (1000), in ~1 min of one idle core for a ``standard`` SAE (~50 ms a step at d_in 576,
+    d_sae 2304). It fits in the activation cache ``make demo`` builds (227,584 tokens), so
+    the forward pass is shared. With the evals (~1.5 min a run) the full grid of 30 runs is
+    ~75 min of one idle core, --quick's 10 runs ~25 (less with 2 threads)."""
+    batch_size: int = 200
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2
     """Share of the steps over which the learning rate decays linearly to 0."""
@@ -221,34 +222,35 @@ class Source(Protocol):
 
 class SmolLM2Source:
     """SmolLM2-135M-Instruct (4-bit, dequantized) on the English corpus, through
-    ``orthosae_plugin.smollm`` (issue 9 items 1-3)."""
+    ``orthosae_plugin.smollm`` and ``orthosae_plugin.activations`` (issue 9 items 1-3)."""
 
     def __init__(self, bench: BenchConfig):
-        from orthosae_plugin import smollm
+        from orthosae_plugin import activations, smollm
 
-        self._smollm = smollm
+        self._activations = activations
         self.bench = bench
         self.hook_name = f"blocks.{bench.layer}.hook_resid_post"
         self.model = smollm.load_smollm2(device=bench.device)
         self.description = (
             f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32, `{smollm.SMOLLM2_MODEL_NAME}`), "
-            f"`{self.hook_name}`, English corpus (Austen + World English Bible), context "
+            f"`{self.hook_name}`, English corpus (Austen + World English Bible, Debian), context "
             f"{bench.context_size}, position 0 excluded")
 
     def train_activations(self, n_tokens: int) -> torch.Tensor:
         from datasets import load_from_disk
 
-        path = self._smollm.cached_activations(self.hook_name, n_tokens, context_size=self.bench.context_size)
-        dataset = load_from_disk(str(path)).with_format("torch")
-        acts = dataset[self.hook_name]  # (rows, context - 1, d_in)
+        path = self._activations.cached_activations(self.hook_name, n_tokens, context_size=self.bench.context_size,
+                                                    model=self.model)
+        acts = load_from_disk(str(path)).with_format("torch")[self.hook_name]  # (rows, context - 1, d_in)
         acts_ND = acts.reshape(-1, acts.shape[-1]).float()
         if len(acts_ND) < n_tokens:
             raise ValueError(f"the activation cache {path} holds {len(acts_ND)} tokens, fewer than {n_tokens}")
         return acts_ND[:n_tokens]
 
     def heldout_metrics(self, sae: SAE) -> dict[str, float]:
-        out = self._smollm.heldout_metrics(sae, self.model, self.hook_name, n_tokens=self.bench.heldout_tokens)
-        return {k: float(out[k]) for k in ("l0", "explained_variance", "ce_loss_recovered")}
+        out = self._activations.heldout_metrics(sae, self.model, self.hook_name, n_tokens=self.bench.heldout_tokens,
+                                                context_size=self.bench.context_size)
+        return {k: float(v) for k, v in out.items()}
 
 
 class PlantedSource:
