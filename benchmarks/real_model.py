@@ -43,6 +43,7 @@ import hashlib
 import inspect
 import json
 import math
+import os
 import platform
 import re
 import shlex
@@ -595,13 +596,19 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         "",
         f"## At matched L0 = {target_l0:g}",
         "",
-        "Interpolated along each arm's sweep (never extrapolated); n/a: the sweep does not reach this L0.",
-        "",
-        f"| arm | {header} |",
-        "|" + "---|" * (len(COLUMNS) + 1),
     ]
-    for arm, stats in matched.items():
-        lines.append(f"| {arm} | " + " | ".join(_cell(stats[m][0], d) for m, _, d in COLUMNS) + " |")
+    if any(stats["l0"][2] for stats in matched.values()):
+        lines += [
+            "Interpolated along each arm's sweep (never extrapolated); n/a: the sweep does not reach this L0.",
+            "",
+            f"| arm | {header} |",
+            "|" + "---|" * (len(COLUMNS) + 1),
+        ]
+        for arm, stats in matched.items():
+            lines.append(f"| {arm} | " + " | ".join(_cell(stats[m][0], d) for m, _, d in COLUMNS) + " |")
+    else:
+        lines.append("No arm's sweep reaches this L0 (with `--quick`, one setting per arm, none can): "
+                     "compare the runs below only with their L0 in view.")
     lines += ["", "## Every run", "", f"| arm | setting | {header} | alarm |",
               "|" + "---|" * (len(COLUMNS) + 3)]
     for r in results:
@@ -709,14 +716,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     start = time.perf_counter()
     meta: dict[str, Any] = {
         "command": command.strip(),
-        "machine": f"{platform.machine()} {platform.processor() or ''} {torch.get_num_threads()} torch thread(s), "
-                   f"device {bench.device}".replace("  ", " "),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the "
+                   f"start: other jobs share it), {torch.get_num_threads()} torch thread(s), device {bench.device}",
         "torch": torch.__version__, "source": SOURCES[args.source].__doc__.split("\n\n")[0].replace("\n", " "),
         "real": args.source == "smollm2", "quick": args.quick, "wall_seconds": 0.0,
     }
 
     def write(results: list[RunResult]) -> dict[str, Path]:
-        meta["wall_seconds"] = time.perf_counter() - start
+        if not args.from_runs:
+            meta["wall_seconds"] = time.perf_counter() - start
         return write_outputs(results, bench, arms, args.target_l0, args.out, meta)
 
     def make_source(b: BenchConfig) -> Source:
@@ -726,8 +734,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
 
     if args.from_runs:
         previous = args.out / "results.json"
-        if previous.exists():
-            meta["source"] = json.loads(previous.read_text())["meta"]["source"]
+        if previous.exists():  # the training invocation's command, machine and wall time stand
+            meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"]}
         results = [r for r in (load_run(p) for p in sorted(runs_dir.glob("*.json")))
                    if r.bench_key == bench.key() and r.arm in {a.name for a in arms}]
     else:
