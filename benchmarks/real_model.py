@@ -179,6 +179,12 @@ class BenchConfig:
     full vocabulary, ~4M tokens of forward passes on SmolLM2: GPU only)."""
     absorption_max_k: int = 10
     """SAEBench's max_k_value (its default: 10)."""
+    max_norm_ratio: float = 8.0
+    """Activations with a norm above this many times the median are left out of training
+    and of the held-out evals. SmolLM2 makes a few massive-activation tokens besides
+    position 0 (attention sinks; measured at layer 15: 0.12% of the cached tokens, all at
+    the first kept position, norms ~1,700-24,000 against a median of 166, holding 94% of
+    the variance), which would otherwise own the MSE and the explained variance."""
     seed: int = 0
     device: str = "cpu"
 
@@ -206,7 +212,7 @@ PRESETS: dict[str, BenchConfig] = {
 
 
 class Source(Protocol):
-    """A model, a hook, its training activations and a held-out evaluation."""
+    """A model, a hook, training activations and held-out tokens."""
 
     model: HookedTransformer
     hook_name: str
@@ -216,8 +222,9 @@ class Source(Protocol):
         """``(n_tokens, d_in)`` float32 training activations (CPU), in a fixed order."""
         ...
 
-    def heldout_metrics(self, sae: SAE) -> dict[str, float]:
-        """``l0``, ``explained_variance``, ``ce_loss_recovered`` on held-out text."""
+    def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, context)`` held-out token ids and a ``(rows, context)`` bool mask of the
+        positions an SAE is evaluated on."""
         ...
 
 
@@ -248,10 +255,15 @@ class SmolLM2Source:
             raise ValueError(f"the activation cache {path} holds {len(acts_ND)} tokens, fewer than {n_tokens}")
         return acts_ND[:n_tokens]
 
-    def heldout_metrics(self, sae: SAE) -> dict[str, float]:
-        out = self._activations.heldout_metrics(sae, self.model, self.hook_name, n_tokens=self.bench.heldout_tokens,
-                                                context_size=self.bench.context_size)
-        return {k: float(v) for k, v in out.items()}
+    def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from orthosae_plugin.corpus import english_corpus
+
+        rows = english_corpus(self.model.tokenizer, context_size=self.bench.context_size, split="heldout",
+                              max_tokens=n_tokens)
+        tokens_NS = torch.tensor(rows["input_ids"][: max(1, n_tokens // self.bench.context_size)])
+        keep_NS = torch.ones_like(tokens_NS, dtype=torch.bool)
+        keep_NS[:, 0] = False  # position 0 (<|endoftext|>, the attention sink), as in training
+        return tokens_NS, keep_NS
 
 
 class PlantedSource:
@@ -273,30 +285,68 @@ class PlantedSource:
         return torch.randint(self.model.cfg.d_vocab, (n_seq, self.context_size), generator=generator)
 
     @torch.no_grad()
-    def _acts(self, tokens_NS: torch.Tensor) -> torch.Tensor:
-        _, cache = self.model.run_with_cache(tokens_NS, names_filter=self.hook_name)
-        return cache[self.hook_name].reshape(-1, self.model.cfg.d_model).float()
-
     def train_activations(self, n_tokens: int) -> torch.Tensor:
-        return self._acts(self._tokens(n_tokens, seed=1))[:n_tokens]
+        tokens_NS = self._tokens(n_tokens, seed=1)
+        _, cache = self.model.run_with_cache(tokens_NS, names_filter=self.hook_name)
+        return cache[self.hook_name].reshape(-1, self.model.cfg.d_model).float()[:n_tokens]
+
+    def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens_NS = self._tokens(n_tokens, seed=2)
+        return tokens_NS, torch.ones_like(tokens_NS, dtype=torch.bool)
+
+
+class HeldoutEval:
+    """L0, explained variance and CE-loss recovered on held-out tokens, with SAELens's
+    definitions (``sae_lens.evals``: ``ce_loss_score = (CE zero-ablated - CE with SAE) /
+    (CE zero-ablated - CE clean)``, explained variance over the evaluated positions),
+    restricted to the positions the SAE is evaluated on: the source's mask minus
+    massive-activation tokens (norm above ``max_norm_ratio`` x the median: the attention
+    sinks the SAE is not trained on). Elsewhere the model runs on its own activations,
+    as SAELens does for its ``exclude_special_tokens``. The clean and zero-ablated passes do
+    not depend on the SAE and are run once; each SAE costs one forward from its layer on."""
+
+    def __init__(self, source: Source, n_tokens: int, max_norm: float, batch_rows: int = 8):
+        self.model, self.hook_name = source.model, source.hook_name
+        self.layer = int(self.hook_name.split(".")[1])
+        self.tokens_NS, keep_NS = source.heldout_tokens(n_tokens)
+        self.batches = [b.to(self.model.cfg.device) for b in self.tokens_NS.split(batch_rows)]
+        acts, clean, zero, masks = [], [], [], []
+        with torch.no_grad():
+            for tokens, keep in zip(self.batches, keep_NS.split(batch_rows)):
+                loss, cache = self.model.run_with_cache(tokens, return_type="loss", loss_per_token=True,
+                                                        names_filter=self.hook_name)
+                act = cache[self.hook_name]
+                mask = keep.to(act.device) & (act.norm(dim=-1) <= max_norm)
+                acts.append(act), clean.append(loss), masks.append(mask)
+                zero.append(self._loss_from(torch.where(mask[..., None], 0.0, act), tokens))
+        self.acts, self.masks = acts, masks
+        self.clean = torch.cat([c.flatten() for c in clean]).mean().item()
+        self.zero = torch.cat([z.flatten() for z in zero]).mean().item()
+        self.n_excluded_sinks = int(sum((k.to(m.device) & ~m).sum() for k, m in zip(keep_NS.split(batch_rows), masks)))
+        self.n_evaluated = int(sum(m.sum() for m in masks))
+
+    def _loss_from(self, resid: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(resid, start_at_layer=self.layer + 1, tokens=tokens, return_type="loss",
+                          loss_per_token=True)
 
     @torch.no_grad()
-    def heldout_metrics(self, sae: SAE) -> dict[str, float]:
-        from sae_lens.evals import get_recons_loss
-        from sae_lens.training.activation_scaler import ActivationScaler
-
-        tokens_NS = self._tokens(2048, seed=2)
-        acts_ND = self._acts(tokens_NS)
-        feats_NS = sae.encode(acts_ND)
-        sq_err = (sae.decode(feats_NS) - acts_ND).pow(2).sum()
-        ce = get_recons_loss(sae, self.model, ActivationScaler(), tokens_NS, compute_kl=False,
-                             compute_ce_loss=True, hook_name=self.hook_name)
-        clean, recons, zero = (ce[k].mean().item() for k in
-                               ("ce_loss_without_sae", "ce_loss_with_sae", "ce_loss_with_ablation"))
+    def __call__(self, sae: SAE) -> dict[str, float]:
+        recons, sq_err, total_var, l0 = [], 0.0, 0.0, 0.0
+        kept = torch.cat([a[m] for a, m in zip(self.acts, self.masks)])
+        mean_D = kept.mean(0)
+        for tokens, act, mask in zip(self.batches, self.acts, self.masks):
+            feats = sae.encode(act)
+            out = sae.decode(feats)
+            recons.append(self._loss_from(torch.where(mask[..., None], out.to(act.dtype), act), tokens).flatten())
+            sq_err += (out - act)[mask].pow(2).sum().item()
+            total_var += (act[mask] - mean_D).pow(2).sum().item()
+            l0 += (feats[mask] > 0).sum().item()
+        with_sae = torch.cat(recons).mean().item()
         return {
-            "l0": (feats_NS > 0).float().sum(-1).mean().item(),
-            "explained_variance": 1 - (sq_err / (acts_ND - acts_ND.mean(0)).pow(2).sum()).item(),
-            "ce_loss_recovered": (zero - recons) / (zero - clean),
+            "l0": l0 / self.n_evaluated,
+            "explained_variance": 1 - sq_err / total_var,
+            "ce_loss_recovered": (self.zero - with_sae) / (self.zero - self.clean),
+            "ce_loss_clean": self.clean, "ce_loss_with_sae": with_sae, "ce_loss_zero_ablation": self.zero,
         }
 
 
@@ -351,9 +401,10 @@ def _batches(acts_ND: torch.Tensor, batch: int, device: str):
                 yield chunk.to(device)
 
 
-def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_ND: torch.Tensor) -> tuple[TrainingSAE, float]:
-    """Train one SAE through SAELens's trainer on ``acts_ND``; returns it and the
-    fraction of latents SAELens counts dead at the end."""
+def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source,
+          acts_ND: torch.Tensor) -> tuple[TrainingSAE, float, int]:
+    """Train one SAE through SAELens's trainer on ``acts_ND``; returns it, the fraction
+    of latents SAELens counts dead at the end, and the steps trained."""
     cfg = sae_config(arm, sparsity, bench, acts_ND.shape[1], source)
     sae_cls, _ = get_sae_training_class(arm.architecture)
     torch.manual_seed(bench.seed)
@@ -374,7 +425,7 @@ def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_ND
     with _quiet_saelens_progress():
         sae = trainer.fit()
     dead = (trainer.n_forward_passes_since_fired > bench.dead_feature_window).float().mean().item()
-    return sae, dead
+    return sae, dead, trainer.n_training_steps
 
 
 def inference_sae(sae: TrainingSAE, device: str) -> SAE:
@@ -399,15 +450,14 @@ def absorption_config(bench: BenchConfig) -> tuple[AbsorptionEvalConfig, dict[st
 
 
 def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_ND: torch.Tensor,
-            work_dir: Path) -> RunResult:
+            heldout: HeldoutEval, work_dir: Path) -> RunResult:
     start = time.perf_counter()
-    training_sae, dead = train(arm, sparsity, bench, source, acts_ND)
+    training_sae, dead, steps = train(arm, sparsity, bench, source, acts_ND)
     train_seconds = time.perf_counter() - start
-    steps = training_sae.cfg.metadata.training_steps  # as SAELens's trainer recorded it
     sae = inference_sae(training_sae, bench.device)
     del training_sae
     start = time.perf_counter()
-    held = source.heldout_metrics(sae)
+    held = heldout(sae)
     config, kwargs = absorption_config(bench)
     name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
     output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
@@ -478,11 +528,23 @@ def run_grid(
     source = make_source(bench)
     start = time.perf_counter()
     acts_ND = source.train_activations(bench.training_tokens)
+    norms_N = acts_ND.norm(dim=-1)
+    max_norm = bench.max_norm_ratio * norms_N.median().item()
+    sinks = norms_N > max_norm
+    acts_ND = acts_ND[~sinks]
     acts_ND = acts_ND[torch.randperm(len(acts_ND), generator=torch.Generator().manual_seed(bench.seed))]
-    log(f"{len(acts_ND):,} training activations of {source.hook_name} ready in {time.perf_counter() - start:.0f} s")
+    # The budget stays bench.training_tokens: the stream wraps around the few tokens dropped.
+    log(f"{len(acts_ND):,} training activations of {source.hook_name} ready in {time.perf_counter() - start:.0f} s; "
+        f"{int(sinks.sum())} massive-activation tokens (norm > {max_norm:.0f}, {bench.max_norm_ratio:g} x the "
+        f"median) left out")
+    start = time.perf_counter()
+    heldout = HeldoutEval(source, bench.heldout_tokens, max_norm)
+    log(f"held-out eval ready in {time.perf_counter() - start:.0f} s: {heldout.n_evaluated:,} positions, "
+        f"{heldout.n_excluded_sinks} massive-activation tokens left out; CE clean {heldout.clean:.3f}, "
+        f"zero-ablated {heldout.zero:.3f}")
     for i, (arm, value) in enumerate(todo, 1):
         start = time.perf_counter()
-        result = run_one(arm, value, bench, source, acts_ND, work_dir)
+        result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir)
         run_path(runs_dir, arm, value).write_text(json.dumps(asdict(result), indent=1))
         results.append(result)
         m = result.metrics
