@@ -203,7 +203,9 @@ PRESETS: dict[str, BenchConfig] = {
     "tiny": BenchConfig(d_sae=256, training_tokens=16_384, batch_size=256, heldout_tokens=2048,
                         words_per_letter=None, absorption_max_k=3, dead_feature_window=20,
                         contrastive_warm_up_steps=10),
-    "gpu": BenchConfig(d_sae=9216, training_tokens=8_192_000, batch_size=4096, heldout_tokens=131_072,
+    # For a GPU: 16x latents, nearly the whole training split of the corpus (1.95M tokens
+    # after position 0), SAEBench's full vocabulary. Not measured here (no GPU was at hand).
+    "gpu": BenchConfig(d_sae=9216, training_tokens=1_843_200, batch_size=1024, heldout_tokens=65_536,
                        words_per_letter=None, dead_feature_window=500, device="cuda"),
 }
 
