@@ -73,7 +73,7 @@ from benchmarks.synthetic_absorption import (
     plot,
 )
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
-from orthosae_plugin.evals.absorption import get_alarm, run_absorption_eval
+from orthosae_plugin.evals.absorption import AbsorptionEvalError, get_alarm, run_absorption_eval
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "real_model"
 OC = "ortho_contrastive"
@@ -462,14 +462,28 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
     held = heldout(sae)
     config, kwargs = absorption_config(bench)
     name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
-    output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
-                                 training_steps=steps, show_progress=False, **kwargs)
-    alarm = get_alarm(output)
-    mean = output.eval_result_metrics.mean
+    try:
+        output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
+                                     training_steps=steps, show_progress=False, **kwargs)
+    except AbsorptionEvalError as error:  # nothing scorable: kept as a run with no absorption
+        output, failure = None, str(error)
+    if output is not None:
+        alarm = get_alarm(output)
+        mean = output.eval_result_metrics.mean
+        scores = (mean.mean_absorption_fraction_score, mean.mean_full_absorption_score,
+                  mean.mean_num_split_features)
+        verdict_ = {"trustworthy": alarm.trustworthy, "reasons": list(alarm.reasons), "notes": list(alarm.notes),
+                    "vocabulary": (output.eval_result_unstructured or {}).get("orthosae_vocabulary")}
+        letters = {d.first_letter: {"absorption": d.mean_absorption_fraction, "full_absorption": d.full_absorption_rate,
+                                    "split_features": d.num_split_features} for d in output.eval_result_details}
+    else:
+        scores = (math.nan, math.nan, math.nan)
+        verdict_ = {"trustworthy": False, "reasons": [f"the eval failed: {failure}"], "notes": [], "vocabulary": None}
+        letters = {}
     metrics = {
-        "absorption": mean.mean_absorption_fraction_score,
-        "full_absorption": mean.mean_full_absorption_score,
-        "split_features": mean.mean_num_split_features,
+        "absorption": scores[0],
+        "full_absorption": scores[1],
+        "split_features": scores[2],
         **held,
         "dead_latents": dead,
         "train_seconds": train_seconds,
@@ -477,12 +491,8 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
     return RunResult(
         arm=arm.name, architecture=arm.architecture, sparsity_field=arm.sparsity_field,
         sparsity=sparsity, seed=bench.seed, metrics=metrics,
-        alarm={"trustworthy": alarm.trustworthy, "reasons": list(alarm.reasons), "notes": list(alarm.notes),
-               "vocabulary": (output.eval_result_unstructured or {}).get("orthosae_vocabulary")},
-        absorption_letters={d.first_letter: {"absorption": d.mean_absorption_fraction,
-                                             "full_absorption": d.full_absorption_rate,
-                                             "split_features": d.num_split_features}
-                            for d in output.eval_result_details},
+        alarm=verdict_,
+        absorption_letters=letters,
         eval_seconds=time.perf_counter() - start,
         bench_key=bench.key(),
         sae_config=sae.cfg.to_dict(),
