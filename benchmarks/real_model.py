@@ -374,6 +374,8 @@ class RunResult:
     eval_seconds: float
     bench_key: str
     sae_config: dict[str, Any]
+    data_version: str = ""
+    """The activations' provenance (:func:`data_version`); a saved run of another is retrained."""
 
 
 def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int, source: Source) -> Any:
@@ -502,6 +504,16 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
 # --- the grid, resumable -------------------------------------------------------------
 
 
+def data_version(source_name: str) -> str:
+    """What the training text looks like, for SmolLM2: the corpus module's text and row
+    layout versions (a new layout means new activations: saved runs are not reused)."""
+    if source_name != "smollm2":
+        return source_name
+    from orthosae_plugin import corpus
+
+    return f"corpus text v{corpus._TEXT_VERSION}, rows v{corpus._ROWS_VERSION}"
+
+
 def run_path(runs_dir: Path, arm: Arm, sparsity: float) -> Path:
     return runs_dir / f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}.json"
 
@@ -519,6 +531,7 @@ def run_grid(
     bench: BenchConfig, arms: Sequence[Arm], quick: bool, runs_dir: Path, work_dir: Path,
     make_source: Callable[[BenchConfig], Source], on_run: Callable[[list[RunResult]], None] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
+    data: str = "",
 ) -> list[RunResult]:
     """Train and evaluate every planned (arm, setting); a saved run with the same
     settings is loaded instead. ``on_run`` gets the results so far after each new run."""
@@ -529,10 +542,11 @@ def run_grid(
         path = run_path(runs_dir, arm, value)
         if path.exists():
             saved = load_run(path)
-            if saved.bench_key == bench.key():
+            if (saved.bench_key, saved.data_version) == (bench.key(), data):
                 results.append(saved)
                 continue
-            log(f"{path.name}: saved with other settings ({saved.bench_key} != {bench.key()}); retraining")
+            log(f"{path.name}: saved with other settings or data ({saved.bench_key}, {saved.data_version!r} != "
+                f"{bench.key()}, {data!r}); retraining")
         todo.append((arm, value))
     log(f"{len(results)} run(s) already saved in {runs_dir}, {len(todo)} to train")
     if not todo:
@@ -557,6 +571,7 @@ def run_grid(
     for i, (arm, value) in enumerate(todo, 1):
         start = time.perf_counter()
         result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir)
+        result.data_version = data
         run_path(runs_dir, arm, value).write_text(json.dumps(asdict(result), indent=1))
         results.append(result)
         m = result.metrics
@@ -659,6 +674,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         f", max k {bench.absorption_max_k}. EV, L0, CE-loss recovered: SAELens's evals on "
         f"{bench.heldout_tokens:,} held-out tokens. dead: share of latents SAELens's trainer counts "
         f"dead at the end (no firing in {bench.dead_feature_window} steps).  ",
+        f"Data: {', '.join(sorted({r.data_version or 'unrecorded' for r in results}))}.  ",
         f"Command: `{meta['command']}`; machine: {meta['machine']}; {len(results)} runs; "
         f"training + evals summed over the runs {sum(r.metrics['train_seconds'] + r.eval_seconds for r in results) / 60:.1f} min; "
         f"wall time of the last invocation {meta['wall_seconds'] / 60:.1f} min (model load and activations "
@@ -813,7 +829,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         results = [r for r in (load_run(p) for p in sorted(runs_dir.glob("*.json")))
                    if r.bench_key == bench.key() and r.arm in {a.name for a in arms}]
     else:
-        results = run_grid(bench, arms, args.quick, runs_dir, work_dir, make_source, on_run=write)
+        results = run_grid(bench, arms, args.quick, runs_dir, work_dir, make_source, on_run=write,
+                           data=data_version(args.source))
     if not results:
         raise SystemExit(f"no runs in {runs_dir}")
     paths = write(results)
