@@ -155,13 +155,16 @@ class BenchConfig:
     """SAEs read ``blocks.{layer}.hook_resid_post`` (DESIGN §6's measurements are at 15)."""
     d_sae: int = 2304
     """Latents (4 x SmolLM2's d_model 576)."""
-    training_tokens: int = 204_800
-    """Tokens per SAE: 1024 steps of 200, enough steps for the absorption alarm's minimum
-    (1000), in ~1 min of one idle core for a ``standard`` SAE (~50 ms a step at d_in 576,
-    d_sae 2304). It fits in the activation cache ``make demo`` builds (227,584 tokens), so
-    the forward pass is shared. With the evals (~1.5 min a run) the full grid of 30 runs is
-    ~75 min of one idle core, --quick's 10 runs ~25 (less with 2 threads)."""
-    batch_size: int = 200
+    training_tokens: int = 614_400
+    """Tokens per SAE: 1024 steps of 600 (the absorption alarm wants >= 1000 steps).
+    Measured at 204,800 tokens (1024 steps of 200; the committed --quick run): no arm
+    learned first-letter latents and the alarm flagged all 10 runs, while DESIGN §6's
+    600k-token ``standard`` SAE was trusted; hence ~600k. Cost, extrapolated from that run
+    (2 threads, shared CPU): ~100 s of training for a ``standard``/TopK-family SAE, ~300 s
+    for an ``ortho_contrastive`` arm with the ortho term (its exact fallback costs ~200 ms a
+    step at d_sae 2304 whatever the batch), ~50 s of evals a run, ~20 min to cache the
+    activations once: --quick ~40 min, the full grid ~2 h (wall, 2 threads). Not yet run."""
+    batch_size: int = 600
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2
     """Share of the steps over which the learning rate decays linearly to 0."""
@@ -743,6 +746,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target-l0", type=float, default=32.0, help="matched L0 (default 32)")
     parser.add_argument("--tokens", type=int, help="training tokens per SAE (overrides the preset)")
     parser.add_argument("--d-sae", type=int, help="latents (overrides the preset)")
+    parser.add_argument("--batch-size", type=int, help="training batch in tokens (overrides the preset)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -767,6 +771,8 @@ def bench_from_args(args: argparse.Namespace) -> BenchConfig:
         overrides["training_tokens"] = args.tokens
     if args.d_sae:
         overrides["d_sae"] = args.d_sae
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
     return replace(bench, **overrides)
 
 
