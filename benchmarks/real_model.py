@@ -159,11 +159,13 @@ class BenchConfig:
     """Tokens per SAE: 1024 steps of 600 (the absorption alarm wants >= 1000 steps).
     Measured at 204,800 tokens (1024 steps of 200; the committed --quick run): no arm
     learned first-letter latents and the alarm flagged all 10 runs, while DESIGN §6's
-    600k-token ``standard`` SAE was trusted; hence ~600k. Cost, extrapolated from that run
-    (2 threads, shared CPU): ~100 s of training for a ``standard``/TopK-family SAE, ~300 s
-    for an ``ortho_contrastive`` arm with the ortho term (its exact fallback costs ~200 ms a
-    step at d_sae 2304 whatever the batch), ~50 s of evals a run, ~20 min to cache the
-    activations once: --quick ~40 min, the full grid ~2 h (wall, 2 threads). Not yet run."""
+    600k-token ``standard`` SAE was trusted; hence ~600k. Measured in that run (2 threads,
+    CPU shared with other jobs): training 32 s (``standard``), 45-68 s (TopK family), 566 s
+    (``ortho_contrastive`` with the ortho term: ~0.55 s a step, its exact fallback at
+    d_sae 2304, whatever the batch); evals 50-250 s a run; caching 227k activations 13 min.
+    At 614,400 tokens expect ~3x the SAE step but the same ortho cost: --quick ~1.5 h and
+    the full grid ~4.5 h on this shared machine, over the issue's budget (20 min / ~2 h of
+    CPU), set by the ortho term's cost (issue 12) at this width. Not yet run."""
     batch_size: int = 600
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2
