@@ -1,4 +1,6 @@
-# `make demo` and `make test` each create the environment they need on a fresh machine.
+# `make demo` and `make test` each create the environment they need on a fresh machine, including
+# the real model and text (scripts/setup-env.sh fetches them once into ~/.cache/orthosae-plugin;
+# if that cache is removed later, the first load fetches again).
 VENV ?= .venv
 PY := $(VENV)/bin/python
 

@@ -8,16 +8,19 @@
     sae = smollm2_training_runner(cfg).run()
     print(heldout_metrics(sae, load_smollm2(), "blocks.15.hook_resid_post"))
 
-Position 0 of every row is left out everywhere: its residual norm is ~23,000 at layer 15
-against ~170 elsewhere (an attention sink), and one such vector per row would dominate both the
-SAE's loss and explained variance. Every corpus row starts with ``<|endoftext|>``
-(:func:`orthosae_plugin.corpus.english_corpus`), the cache is written with SAELens's
-``seqpos_slice=(1, None)``, and both training and SAELens's evals exclude the separator token
-(``exclude_special_tokens``), which also drops the few document separators inside rows.
+Position 0 of every row is left out everywhere: its residual norm is ~20,000 at layer 15
+against a median of ~170 elsewhere (an attention sink), and one such vector per row would
+dominate both the SAE's loss and the explained variance. The cache is written with SAELens's
+``seqpos_slice=(1, None)``. The ``<|endoftext|>`` tokens between documents are sinks too
+(same norm); training leaves them out with SAELens's ``exclude_special_tokens``.
 
 Because the cached rows are already sliced, the training config says ``context_size=127``
 (``context_size - 1``) and ``seqpos_slice=(None,)``: SAELens checks the cache's shape against
 those two fields. The cache folder's ``orthosae_cache.json`` records the original layout.
+
+Held-out metrics: SAELens's ``run_evals`` can leave out tokens only by token id, not by
+position, so :func:`heldout_metrics` computes the same three quantities with SAELens's
+definitions (its ``ExplainedVarianceCalculator``, its CE-loss score) on positions >= 1.
 """
 
 from __future__ import annotations
@@ -34,14 +37,12 @@ from typing import Any
 
 import torch
 from datasets import Dataset
+from tqdm.auto import tqdm
 from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
 from sae_lens.cache_activations_runner import CacheActivationsRunner
 from sae_lens.config import CacheActivationsRunnerConfig
-from sae_lens.evals import EvalConfig, run_evals
-from sae_lens.training.activation_scaler import ActivationScaler
-from sae_lens.training.activations_store import ActivationsStore
 
-from orthosae_plugin.corpus import english_corpus, row_start_token_id
+from orthosae_plugin.corpus import english_corpus, separator_token_id
 from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME, SMOLLM2_PROCESSING, _publish, cache_dir, load_smollm2
 
 SEQPOS_SLICE = (1, None)
@@ -131,7 +132,7 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
         "model_name": SMOLLM2_MODEL_NAME, "hook_name": hook_name, "context_size": context_size,
         "seqpos_slice": list(SEQPOS_SLICE), "cached_context_size": sliced, "n_tokens": total,
         "n_rows": n_rows, "d_in": model.cfg.d_model, "source": source, "split": "train",
-        "row_start_token_id": row_start_token_id(model.tokenizer),
+        "separator_token_id": separator_token_id(model.tokenizer),
         "seconds": round(time.perf_counter() - started, 1),
     }, indent=1))
     _publish(tmp, out)
@@ -182,7 +183,7 @@ def smollm2_runner_config(sae_cfg: Any, activations_path: str | Path, training_t
         context_size=context,  # the cached rows, position 0 already sliced off
         seqpos_slice=(None,),
         prepend_bos=False,
-        exclude_special_tokens=[info["row_start_token_id"]],
+        exclude_special_tokens=[info["separator_token_id"]],
         # what load_smollm2 applies (SAELens's default for HookedTransformer says otherwise)
         model_from_pretrained_kwargs=dict(SMOLLM2_PROCESSING),
         training_tokens=training_tokens,
@@ -220,50 +221,69 @@ def smollm2_training_runner(cfg: LanguageModelSAERunnerConfig, model: Any = None
 @torch.no_grad()
 def heldout_metrics(sae: Any, model: Any, hook_name: str | None = None, n_tokens: int = 8192,
                     context_size: int = 128, batch_size_prompts: int = 8,
-                    text_dir: str | Path | None = None) -> dict[str, float]:
-    """L0, explained variance and CE-loss recovered of ``sae`` on the held-out split, with
-    SAELens's own ``run_evals``; position 0 (``<|endoftext|>``) excluded from all three.
+                    text_dir: str | Path | None = None, progress: bool = True) -> dict[str, float]:
+    """L0, explained variance and CE-loss recovered of ``sae`` on the held-out split.
 
-    CE loss recovered (SAELens's ``ce_loss_score``) is
-    ``(CE zero-ablated - CE with SAE) / (CE zero-ablated - CE clean)``: 1 means the SAE's
-    reconstruction loses nothing downstream. ``n_tokens`` is rounded down to whole batches;
-    it costs three full forwards (clean, SAE, ablated) plus one to the hook.
+    Definitions are SAELens's (``sae_lens.evals``): explained variance with its
+    ``ExplainedVarianceCalculator``; CE-loss recovered is its ``ce_loss_score``,
+    ``(CE zero-ablated - CE with SAE) / (CE zero-ablated - CE clean)``, 1 meaning the SAE's
+    reconstruction loses nothing downstream. Unlike ``run_evals``, which can exclude tokens
+    only by id, the SAE's reconstruction (and the zero-ablation) replaces positions >= 1
+    that are not ``<|endoftext|>``, the positions it was trained on; those are also the
+    positions L0 and explained variance average over, and CE averages over the predictions
+    from positions >= 1. ``n_tokens`` is rounded down to whole batches; the cost is three
+    full forwards plus one to the hook.
     """
+    from sae_lens.evals import ExplainedVarianceCalculator
+
     hook_name = hook_name or sae.cfg.metadata.hook_name
+    layer = int(hook_name.split(".")[1])
     n_batches = max(1, n_tokens // (batch_size_prompts * context_size))
     data = english_corpus(model.tokenizer, context_size=context_size, split="heldout", text_dir=text_dir,
                           max_tokens=n_batches * batch_size_prompts * context_size)
-    store = ActivationsStore(
-        model=model, dataset=data, streaming=False, hook_name=hook_name, hook_head_index=None,
-        context_size=context_size, d_in=model.cfg.d_model, n_batches_in_buffer=2,
-        total_training_tokens=len(data) * context_size, store_batch_size_prompts=batch_size_prompts,
-        train_batch_size_tokens=batch_size_prompts * context_size, prepend_bos=False,
-        normalize_activations="none", device=torch.device("cpu"), dtype="float32",
-    )
-    eval_cfg = EvalConfig(
-        batch_size_prompts=batch_size_prompts,
-        n_eval_reconstruction_batches=n_batches, compute_ce_loss=True,
-        n_eval_sparsity_variance_batches=n_batches, compute_sparsity_metrics=True,
-        compute_variance_metrics=True,
-    )
+    tokens_NT = torch.tensor(data["input_ids"], dtype=torch.long)
+    sep = separator_token_id(model.tokenizer)
     was_training = sae.training
     sae.eval()
-    original_hook = sae.cfg.metadata.hook_name
-    sae.cfg.metadata.hook_name = hook_name
+    ev = ExplainedVarianceCalculator()
+    l0_sum = n_kept = 0
+    ce = {"clean": 0.0, "sae": 0.0, "ablated": 0.0}
+    n_predictions = 0
     try:
-        metrics, _ = run_evals(sae, store, model, ActivationScaler(), eval_cfg,
-                               exclude_special_tokens=[row_start_token_id(model.tokenizer)])
+        for start in tqdm(range(0, len(tokens_NT), batch_size_prompts), desc="held-out eval (batches)",
+                          file=sys.stderr, disable=not progress):
+            batch_BT = tokens_NT[start: start + batch_size_prompts].to(model.cfg.device)
+            keep_BT = batch_BT != sep
+            keep_BT[:, 0] = False
+
+            _, cache = model.run_with_cache(batch_BT, names_filter=hook_name, stop_at_layer=layer + 1)
+            acts_KD = cache[hook_name][keep_BT].to(sae.device)
+            feats_KS = sae.encode(acts_KD)
+            ev.add_batch(sae.decode(feats_KS), acts_KD)
+            l0_sum += (feats_KS != 0).sum().item()
+            n_kept += acts_KD.shape[0]
+
+            def replace(acts_BTD, hook, keep=keep_BT):  # noqa: ARG001
+                recon_BTD = sae.decode(sae.encode(acts_BTD.to(sae.device))).to(acts_BTD.dtype)
+                return torch.where(keep[..., None], recon_BTD, acts_BTD)
+
+            def ablate(acts_BTD, hook, keep=keep_BT):  # noqa: ARG001
+                return torch.where(keep[..., None], torch.zeros_like(acts_BTD), acts_BTD)
+
+            for name, hooks in (("clean", []), ("sae", [(hook_name, replace)]), ("ablated", [(hook_name, ablate)])):
+                loss_BT = model.run_with_hooks(batch_BT, return_type="loss", loss_per_token=True, fwd_hooks=hooks)
+                ce[name] += loss_BT[:, 1:].sum().item()  # predictions from positions >= 1
+            n_predictions += loss_BT[:, 1:].numel()
     finally:
-        sae.cfg.metadata.hook_name = original_hook
         sae.train(was_training)
-    ce = metrics["model_performance_preservation"]
+    ce = {k: v / n_predictions for k, v in ce.items()}
     return {
-        "l0": metrics["sparsity"]["l0"],
-        "explained_variance": metrics["reconstruction_quality"]["explained_variance"],
-        "mse": metrics["reconstruction_quality"]["mse"],
-        "ce_loss_recovered": ce["ce_loss_score"],
-        "ce_loss_clean": ce["ce_loss_without_sae"],
-        "ce_loss_with_sae": ce["ce_loss_with_sae"],
-        "ce_loss_zero_ablation": ce["ce_loss_with_ablation"],
-        "n_tokens": n_batches * batch_size_prompts * context_size,
+        "l0": l0_sum / n_kept,
+        "explained_variance": ev.compute(),
+        "ce_loss_recovered": (ce["ablated"] - ce["sae"]) / (ce["ablated"] - ce["clean"]),
+        "ce_loss_clean": ce["clean"],
+        "ce_loss_with_sae": ce["sae"],
+        "ce_loss_zero_ablation": ce["ablated"],
+        "n_tokens": len(tokens_NT) * context_size,
+        "n_positions_evaluated": n_kept,
     }

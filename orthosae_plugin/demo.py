@@ -73,7 +73,7 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
 
 def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER, batch_size: int = 1024,
              d_sae: int = 2304, l1_coefficient: float = 5.0, warm_up_steps: int | None = None,
-             eval_tokens: int = 8192) -> Path:
+             eval_tokens: int = 4096, lr: float = 4e-3) -> Path:
     """Cache, train, save and report; returns the folder of the saved inference SAE."""
     clock = {"start": time.perf_counter()}
     model = load_smollm2()
@@ -89,7 +89,7 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
         # the default warm-up (1000 steps) is longer than a CPU demo; a third of the run
         contrastive_warm_up_steps=max(1, steps // 3) if warm_up_steps is None else warm_up_steps,
     )
-    cfg = smollm2_runner_config(sae_cfg, activations, training_tokens=tokens,
+    cfg = smollm2_runner_config(sae_cfg, activations, training_tokens=tokens, lr=lr,
                                 train_batch_size_tokens=batch_size, output_path=str(out / "sae"))
     runner = smollm2_training_runner(cfg, model=model)
     history = record_losses(runner.sae)
@@ -109,7 +109,7 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
               ("train", "activations", "training"), ("held-out eval", "training", "eval")]
     print(
         f"\nTrained `{c.architecture()}` (d_in={c.d_in}, d_sae={c.d_sae}, {c.sparsity_base} base, "
-        f"l1 {c.l1_coefficient}) on {hook} of SmolLM2-135M-Instruct ({model.cfg.model_name}) through "
+        f"l1 {c.l1_coefficient}, lr {cfg.lr}) on {hook} of SmolLM2-135M-Instruct ({model.cfg.model_name}) through "
         f"SAELens's runner, from activations cached once ({info['n_tokens']:,} tokens; position 0 of "
         f"each {info['context_size']}-token row left out).\n"
         f"  steps trained          {step} (= {cfg.training_tokens} tokens // batch {batch_size})\n"
@@ -119,7 +119,7 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
         f"{c.contrastive_warm_up_steps} steps, k={c.projection_dim}\n"
         f"  decoder max |cos|      {max_cos:.3f}; pairs above threshold {frac_above:.2%}\n"
         f"  last step's losses     " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items()) + "\n"
-        f"Held-out text ({metrics['n_tokens']:,} tokens never trained on; SAELens's run_evals, position 0 "
+        f"Held-out text ({metrics['n_tokens']:,} tokens never trained on; SAELens's metric definitions, position 0 "
         f"excluded):\n"
         f"  L0                     {metrics['l0']:.1f}\n"
         f"  explained variance     {metrics['explained_variance']:.3f}\n"
@@ -145,14 +145,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=1024, help="tokens per training batch (default: 1024)")
     parser.add_argument("--d-sae", type=int, default=2304, help="dictionary size (default: 2304 = 4 x 576)")
     parser.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (default: 5)")
+    parser.add_argument("--lr", type=float, default=4e-3,
+                        help="learning rate (default: 4e-3; measured at 192 steps: L0 113 vs 354 at 1e-3)")
     parser.add_argument("--warm-up-steps", type=int, default=None,
                         help="contrastive_warm_up_steps (default: a third of the steps)")
-    parser.add_argument("--eval-tokens", type=int, default=8192,
-                        help="held-out tokens for L0 / explained variance / CE loss (default: 8192)")
+    parser.add_argument("--eval-tokens", type=int, default=4096,
+                        help="held-out tokens for L0 / explained variance / CE loss (default: 4096)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     run_demo(args.out, tokens=args.tokens, layer=args.layer, batch_size=args.batch_size, d_sae=args.d_sae,
-             l1_coefficient=args.l1, warm_up_steps=args.warm_up_steps, eval_tokens=args.eval_tokens)
+             l1_coefficient=args.l1, warm_up_steps=args.warm_up_steps, eval_tokens=args.eval_tokens, lr=args.lr)
 
 
 if __name__ == "__main__":

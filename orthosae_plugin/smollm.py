@@ -167,10 +167,11 @@ def _publish(tmp: Path, final: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def convert_smollm2(gguf: Path | None = None, reconvert: bool = False) -> Path:
+def convert_smollm2(gguf: Path | None = None, reconvert: bool = False, hf: tuple[Any, Any] | None = None) -> Path:
     """Convert the GGUF model once into the cache (TransformerLens weights as safetensors,
     the float HF config, the tokenizer); returns the folder. ``reconvert`` replaces an
-    existing conversion."""
+    existing conversion; ``hf``: the ``(model, tokenizer)`` of :func:`load_hf_smollm2`, if
+    already loaded (the conversion may reuse its tensors: do not run it afterwards)."""
     from safetensors.torch import save_model
     from transformer_lens import HookedTransformer
     from transformer_lens.loading_from_pretrained import get_pretrained_state_dict
@@ -178,7 +179,7 @@ def convert_smollm2(gguf: Path | None = None, reconvert: bool = False) -> Path:
     gguf = gguf or find_gguf()
     out = _converted_dir()
     started = time.perf_counter()
-    hf_model, tokenizer = load_hf_smollm2(gguf)
+    hf_model, tokenizer = hf if hf is not None else load_hf_smollm2(gguf)
     cache_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="smollm2-convert-", dir=cache_dir()))
     try:
@@ -272,9 +273,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "where":
         print(cache_dir())
         return
+    from orthosae_plugin.corpus import CorpusUnavailable
+
     try:
         fetch(corpus=not args.no_corpus)
-    except SmolLM2Unavailable as error:
+    except (SmolLM2Unavailable, CorpusUnavailable) as error:
         sys.exit(f"error: {error}")
 
 

@@ -9,3 +9,35 @@ os.environ.setdefault("WANDB_SILENT", "true")
 # The tests' tensors are tiny: one thread is as fast, and on a shared 2-core machine two
 # threads per process were measured 4-8x slower. Subprocesses inherit this too.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# --- SmolLM2 (issue 9): one model load and one activation cache for the whole session -------
+# The model and the text must be in the cache (scripts/setup-env.sh fetches them): these
+# fixtures fail, never skip, without them.
+import pytest  # noqa: E402
+
+SMOLLM2_TEST_HOOK = "blocks.15.hook_resid_post"
+SMOLLM2_TEST_TOKENS = 20_000  # the model's forward in the whole suite stays near this
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    from orthosae_plugin.smollm import load_smollm2
+
+    return load_smollm2()
+
+
+@pytest.fixture(scope="session")
+def heldout_tokens(smollm2):
+    import torch
+
+    from orthosae_plugin.corpus import english_corpus
+
+    return torch.tensor(english_corpus(smollm2.tokenizer, split="heldout", max_tokens=8 * 128)["input_ids"])
+
+
+@pytest.fixture(scope="session")
+def smollm2_activations(smollm2):
+    from orthosae_plugin.activations import cached_activations
+
+    return cached_activations(SMOLLM2_TEST_HOOK, n_tokens=SMOLLM2_TEST_TOKENS, model=smollm2)

@@ -1,0 +1,71 @@
+"""SmolLM2 activations cached once with SAELens; an SAE trains on them and loads without the plugin."""
+
+import json
+import subprocess
+import sys
+
+import torch
+from datasets import load_from_disk
+from sae_lens import SAE
+from torch.testing import assert_close
+
+from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
+from orthosae_plugin.activations import (
+    cache_info,
+    cached_activations,
+    heldout_metrics,
+    smollm2_runner_config,
+    smollm2_training_runner,
+)
+from orthosae_plugin.corpus import english_corpus
+from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME
+
+SMOLLM2_TEST_HOOK = "blocks.15.hook_resid_post"  # as the session fixture in conftest.py
+SMOLLM2_TEST_TOKENS = 20_000
+
+
+def test_the_cache_holds_positions_1_to_127_of_training_rows(smollm2, smollm2_activations):
+    info = cache_info(smollm2_activations)
+    assert info["n_tokens"] >= SMOLLM2_TEST_TOKENS and info["seqpos_slice"] == [1, None]
+    cached = load_from_disk(str(smollm2_activations))
+    assert cached.features[SMOLLM2_TEST_HOOK].shape == (127, 576)
+    first_row = english_corpus(smollm2.tokenizer, split="train", max_tokens=128)["input_ids"][0]
+    assert cached[0]["token_ids"] == first_row[1:]
+    with torch.no_grad():
+        _, cache = smollm2.run_with_cache(torch.tensor([first_row]), names_filter=SMOLLM2_TEST_HOOK, stop_at_layer=16)
+    acts_TD = cache[SMOLLM2_TEST_HOOK][0]
+    assert acts_TD[0].norm() > 5_000  # position 0: the attention sink, left out
+    assert_close(torch.tensor(cached[0][SMOLLM2_TEST_HOOK]), acts_TD[1:], atol=1e-3, rtol=1e-4)
+    # a second request for as many tokens or fewer reuses the cache: no forward pass
+    assert cached_activations(SMOLLM2_TEST_HOOK, n_tokens=10_000, model=None) == smollm2_activations
+
+
+def test_an_sae_trains_on_cached_activations_for_the_full_budget_and_loads_without_the_plugin(
+    smollm2, smollm2_activations, tmp_path
+):
+    sae_cfg = OrthoContrastiveTrainingSAEConfig(d_in=576, d_sae=1152, l1_coefficient=5.0, contrastive_warm_up_steps=10)
+    cfg = smollm2_runner_config(sae_cfg, smollm2_activations, training_tokens=SMOLLM2_TEST_TOKENS,
+                                train_batch_size_tokens=500, output_path=str(tmp_path / "sae"))
+    assert cfg.use_cached_activations and cfg.model_name == SMOLLM2_MODEL_NAME
+    sae = smollm2_training_runner(cfg, model=smollm2).run()
+    assert sae.current_step() == SMOLLM2_TEST_TOKENS // 500
+    assert int(sae.n_steps_trained) == SMOLLM2_TEST_TOKENS // 500
+
+    code = (
+        "import json, sys; from sae_lens import SAE; "
+        f"sae = SAE.load_from_disk({str(tmp_path / 'sae')!r}); "
+        "assert not any(m.startswith('orthosae_plugin') for m in sys.modules); "
+        "print(json.dumps([sae.cfg.architecture(), sae.cfg.d_sae, sae.cfg.metadata.model_name, "
+        "sae.cfg.metadata.hook_name]))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == [
+        "standard", 1152, SMOLLM2_MODEL_NAME, SMOLLM2_TEST_HOOK]
+
+    metrics = heldout_metrics(SAE.load_from_disk(tmp_path / "sae"), smollm2, SMOLLM2_TEST_HOOK,
+                              n_tokens=512, batch_size_prompts=4)
+    assert metrics["n_positions_evaluated"] <= 4 * 127
+    assert 0.3 < metrics["explained_variance"] < 1
+    assert metrics["ce_loss_clean"] < metrics["ce_loss_with_sae"] < metrics["ce_loss_zero_ablation"]
+    assert 0 < metrics["ce_loss_recovered"] < 1 and metrics["l0"] > 0
