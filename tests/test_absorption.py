@@ -36,12 +36,14 @@ from fixtures.planted import (  # noqa: F401  (pytest fixtures)
 from orthosae_plugin.evals.absorption import (
     AbsorptionEvalError,
     fold_decoder_norms,
+    format_summary,
+    get_vocabulary,
+    load_model,
     load_output,
     main,
     probe_batch_size,
     result_path,
     run_absorption_eval,
-    training_steps_of,
 )
 from orthosae_plugin.evals.alarm import (
     AlarmThresholds,
@@ -56,10 +58,17 @@ from orthosae_plugin.evals.planted import (
     build_reference_sae,
     load_planted_words,
 )
+from orthosae_plugin.evals.saebench_fixes import select_words
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-ABSORBED_GROUPS = (0, 3, 6)  # of 10: planted absorption rates 0, 0.3, 0.6
+ABSORBED_GROUPS = (0, 3, 6, 9)  # of 10: planted absorption rates 0, 0.3, 0.6, 0.9
+CALIBRATION_TOLERANCE = {0: 0.01, 3: 0.01, 6: 0.01, 9: 0.05}
+"""Measured absorption vs the planted share of the words SAEBench scored, per number of
+absorbed groups. Exact up to 60 % (the tolerance only absorbs float sums). At 90 % the
+letter latent fires on one word in ten, and SAEBench's k-sparse probe picks an absorbing
+word latent as the main latent of 2 of 26 letters ('o', 'z'); the letter latent then
+counts as an absorber of its own words, and the mean reads 0.917 for a planted 0.890."""
 SCALED_FIELDS = ("model_name", "llm_dtype", "k_sparse_probe_batch_size",
                  "precalc_k_sparse_probe_sae_acts")
 
@@ -70,7 +79,7 @@ def listing(folder: Path) -> dict[str, float]:
 
 @pytest.fixture(scope="module")
 def reference_runs(planted, tmp_path_factory):
-    """The reference SAEs with 0, 3 and 6 of 10 groups absorbed, evaluated into one output
+    """The reference SAEs with 0, 3, 6 and 9 of 10 groups absorbed, evaluated into one output
     folder from an empty working directory. FAST_CONFIG trains fewer k-sparse probes than
     SAEBench's default (k <= 3, 20 epochs): the same scores here, in a fifth of the time;
     the default config runs end to end in the example's test."""
@@ -142,7 +151,7 @@ def test_absorption_scores_come_out_in_order_and_near_the_planted_rates(
         k: out.eval_result_metrics.mean.mean_absorption_fraction_score
         for k, out in reference_runs["outputs"].items()
     }
-    assert scores[0] < scores[3] < scores[6], scores
+    assert scores[0] < scores[3] < scores[6] < scores[9], scores
     for k in ABSORBED_GROUPS:
         assert abs(planted.planted_absorption_rate(k) - k / 10) < 0.01
         assert abs(scores[k] - k / 10) < 0.1, (k, scores)
@@ -159,6 +168,8 @@ def test_absorption_equals_the_planted_share_on_the_words_saebench_scored(
     words = pd.read_csv(test_split, keep_default_na=False)["token"]
     test_ids = torch.tensor([vocab[word] for word in words])
     for k, output in reference_runs["outputs"].items():
+        if CALIBRATION_TOLERANCE[k] > 0.01:
+            continue  # not exact by design: see CALIBRATION_TOLERANCE
         mean = output.eval_result_metrics.mean
         planted_share = planted.planted_absorption_rate(k, test_ids)
         assert mean.mean_absorption_fraction_score == pytest.approx(planted_share, abs=1e-6)
@@ -173,6 +184,27 @@ def test_reference_saes_are_trusted_and_the_clean_one_is_explained(reference_run
         assert alarm.measured["n_letters_passing_gt_probe"] == 26
     clean = get_alarm(reference_runs["outputs"][0])
     assert any("clean dictionary" in note for note in clean.notes)
+
+
+@pytest.mark.parametrize("absorbed_groups", ABSORBED_GROUPS)
+def test_calibration_measures_the_planted_share_of_the_scored_words_and_is_trusted(
+    reference_runs, planted, absorbed_groups
+):
+    name = f"absorbed_{absorbed_groups}"
+    output = reference_runs["outputs"][absorbed_groups]
+    # the words SAEBench scored: its per-word absorption table
+    (scored_path,) = (reference_runs["out"] / "artifacts" / "feature_absorption" / name).glob(
+        "*.parquet")
+    vocab = planted.model.tokenizer.get_vocab()
+    scored_ids = torch.tensor([vocab[w.strip()] for w in pd.read_parquet(scored_path)["token"]])
+    planted_share = planted.planted_absorption_rate(absorbed_groups, scored_ids)
+    measured = output.eval_result_metrics.mean.mean_absorption_fraction_score
+    assert abs(measured - planted_share) <= CALIBRATION_TOLERANCE[absorbed_groups], (
+        measured, planted_share)
+    assert abs(planted_share - absorbed_groups / 10) < 0.1
+    alarm = get_alarm(output)
+    assert alarm.trustworthy, alarm.reasons
+    assert alarm.measured["letters_not_carried_by_aligned_latents"] == ""
 
 
 def test_results_land_only_in_the_output_folder(reference_runs):
@@ -323,11 +355,13 @@ def test_letter_without_test_words_is_reported_not_crashed(tmp_path):
 # ------------------------------------------------------------------ the alarm's rules
 
 
-def per_letter(gt=1.0, k1=1.0, cos=1.0, absorption=0.2, full=0.1, split=1) -> pd.DataFrame:
+def per_letter(gt=1.0, k1=1.0, cos=1.0, absorption=0.2, full=0.1, split=1,
+               carried=1.0) -> pd.DataFrame:
     return pd.DataFrame({
         "letter": list(LETTERS), "gt_probe_f1": gt, "k1_probe_f1": k1,
         "k1_decoder_probe_cos": cos, "mean_absorption_fraction": absorption,
         "full_absorption_rate": full, "num_split_features": split,
+        "aligned_projection_share": carried,
     })
 
 
@@ -356,7 +390,10 @@ def test_alarm_is_quiet_on_a_plausible_result():
         (None, {"decoder_norms_folded": False, "max_decoder_norm_deviation": 0.7,
                 "fold_error": "TopK"}, "could not be folded"),
         (per_letter(gt=[0.9] * 10 + [0.3] * 16), {}, "only 10 of 26 letters"),
-        (per_letter(k1=[0.1] * 14 + [0.9] * 12), {}, "14 of 26 scored letters have no SAE latent"),
+        (per_letter(carried=[0.1] * 14 + [0.9] * 12), {},
+         "14 of 26 scored letters are carried by no latent aligned"),
+        (None, {"training_steps": 300, "warm_up_steps": {"contrastive_warm_up_steps": 1000}},
+         "before its run's warm-ups ended (contrastive_warm_up_steps=1000)"),
         (per_letter(cos=0.05), {}, "the dictionary looks untrained"),
         (per_letter(k1=0.6, absorption=0.0, full=0.0, split=1), {}, "exactly 0 absorption"),
         (None, {"sae_model_name": "gemma-2-9b"}, "trained on 'gemma-2-9b'"),
@@ -366,6 +403,23 @@ def test_alarm_fires_with_a_reason(table, changes, reason):
     alarm = assess(table, **changes)
     assert not alarm.trustworthy
     assert any(reason in r for r in alarm.reasons), alarm.reasons
+
+
+def test_heavy_absorption_with_aligned_latents_is_not_an_alarm():
+    # The 90 % reference SAE: the letter latent misses 90 % of its words (k=1 F1 ~0.14),
+    # but the letter and the absorbing latents are aligned with the probe and carry it.
+    alarm = assess(per_letter(k1=0.14, cos=0.76, carried=0.99, absorption=0.9, full=0.9))
+    assert alarm.trustworthy, alarm.reasons
+    assert any("heavy absorption alone" in note for note in alarm.notes)
+
+
+def test_steps_after_the_warm_ups_are_trusted_and_a_checkpoint_is_noted():
+    # issue 9's real SmolLM2 SAEs: 586 steps, trustworthy (the old floor was 1000)
+    assert assess(training_steps=586).trustworthy
+    checkpoint = assess(training_steps=1100, planned_steps=1200,
+                        warm_up_steps={"contrastive_warm_up_steps": 1000, "l1_warm_up_steps": 0})
+    assert checkpoint.trustworthy, checkpoint.reasons
+    assert any("1100 of its run's 1200 planned steps" in note for note in checkpoint.notes)
 
 
 def test_exact_zero_absorption_is_believed_only_with_near_perfect_letter_latents():
@@ -414,17 +468,6 @@ def test_probe_batch_size_gives_enough_steps_on_small_vocabularies_only():
     assert probe_batch_size(config, 40_960) == config.k_sparse_probe_batch_size
 
 
-def test_training_steps_come_from_metadata_then_runner_cfg(planted, tmp_path):
-    assert training_steps_of(untrained_sae(planted, training_steps=4)) == (
-        4, "cfg.metadata.training_steps")
-    untrained_sae(planted).save_model(tmp_path)
-    (tmp_path / "runner_cfg.json").write_text(
-        json.dumps({"training_tokens": 10_000, "train_batch_size_tokens": 2048}))
-    steps, source = training_steps_of(SAE.load_from_disk(tmp_path), tmp_path)
-    assert steps == 4 and "runner_cfg.json" in source
-    assert training_steps_of(untrained_sae(planted)) == (None, "unknown")
-
-
 def test_unfoldable_decoder_norms_are_reported():
     sae = TopKSAE(TopKSAEConfig(d_in=16, d_sae=32, k=4, metadata=SAEMetadata()))
     with torch.no_grad():
@@ -455,3 +498,181 @@ def test_example_gemma_form_builds_a_valid_config_without_running(monkeypatch, t
     assert (cfg.hook_name, cfg.sae.d_in) == ("blocks.19.hook_resid_post", 2304)
     assert cfg.sae.ortho_anneal_steps == 10_000  # the run's real length
     assert (sae_path, model) == (tmp_path / "sae", "the runner's model")
+
+
+# ------------------------------------------------------------------ command-line errors
+
+
+def cli_error(capsys, *args: str) -> tuple[int, str]:
+    """Run the CLI with `args` on the planted model; (status, stderr)."""
+    argv = ["--model", "planted-first-letter", "--quiet", *args]
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.err
+
+
+def assert_one_line_naming(err: str, *names: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    for name in names:
+        assert name in lines[0], (name, lines[0])
+
+
+@pytest.fixture
+def saved_sae(planted, tmp_path) -> Path:
+    untrained_sae(planted).save_model(tmp_path / "sae")
+    return tmp_path / "sae"
+
+
+def test_cli_out_that_is_a_file_is_one_line_with_status_1(saved_sae, tmp_path, capsys):
+    out = tmp_path / "results.json"
+    out.write_text("{}")
+    status, err = cli_error(capsys, "--sae", str(saved_sae), "--out", str(out))
+    assert status == 1
+    assert_one_line_naming(err, str(out), "is a file")
+    status, err = cli_error(capsys, "--sae", str(saved_sae), "--out", str(out / "sub"))
+    assert status == 1
+    assert_one_line_naming(err, str(out), "is a file")
+
+
+def test_cli_read_only_out_is_one_line_with_status_1(saved_sae, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "read_only"
+    out.mkdir()
+    out.chmod(0o500)
+    if os.geteuid() == 0:  # root writes anywhere: make the write probe fail as it would
+        def refuse(*args, **kwargs):
+            raise PermissionError(13, "Permission denied", str(out))
+        monkeypatch.setattr("orthosae_plugin.evals.absorption.tempfile.TemporaryFile", refuse)
+    try:
+        status, err = cli_error(capsys, "--sae", str(saved_sae), "--out", str(out / "new"))
+    finally:
+        out.chmod(0o700)
+    assert status == 1
+    assert_one_line_naming(err, str(out), "cannot write", "Permission denied")
+    assert not (out / "new").exists()
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        (lambda sae: (sae / "cfg.json").write_text('{"d_in": 128, "d_sae"'), "not readable JSON"),
+        (lambda sae: (sae / "cfg.json").write_text('{"d_in": 128}'), "SAELens cannot load"),
+        (lambda sae: (sae / "cfg.json").unlink(), "missing"),
+        (lambda sae: (sae / "sae_weights.safetensors").unlink(), "SAELens cannot load"),
+    ],
+    ids=["corrupt-json", "incomplete-cfg", "missing-cfg", "missing-weights"],
+)
+def test_cli_bad_sae_folder_is_one_line_naming_the_file_with_status_1(
+    saved_sae, tmp_path, capsys, damage, problem
+):
+    damage(saved_sae)
+    status, err = cli_error(capsys, "--sae", str(saved_sae), "--out", str(tmp_path / "out"))
+    assert status == 1
+    assert_one_line_naming(err, str(saved_sae), problem)
+
+
+def test_cli_missing_sae_folder_is_one_line_with_status_1(tmp_path, capsys):
+    status, err = cli_error(capsys, "--sae", str(tmp_path / "nope"), "--out", str(tmp_path))
+    assert status == 1
+    assert_one_line_naming(err, str(tmp_path / "nope"), "does not exist")
+
+
+def test_cli_unknown_model_is_one_line_with_status_1(saved_sae, tmp_path, capsys):
+    status = main(["--sae", str(saved_sae), "--model", "not-a-model", "--out",
+                   str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert_one_line_naming(err, "'not-a-model'", "unknown model", "planted-first-letter")
+
+
+def test_cli_model_of_another_width_is_one_line_with_status_1(planted, tmp_path, capsys):
+    metadata = SAEMetadata(model_name=planted.config.model_name, hook_name=planted.hook_name)
+    StandardSAE(StandardSAEConfig(d_in=64, d_sae=256, metadata=metadata)).save_model(
+        tmp_path / "sae")
+    status, err = cli_error(capsys, "--sae", str(tmp_path / "sae"), "--out",
+                            str(tmp_path / "out"))
+    assert status == 1
+    assert_one_line_naming(err, "d_in=64", "d_model=128")
+
+
+# ------------------------------------------------------------------ real vocabularies
+
+
+def test_words_per_letter_probes_a_recorded_seeded_subsample(planted, tmp_path, capsys):
+    # Up to 40 of the planted model's 17-70 words per letter. SAEBench's random 80/20
+    # split of the whole vocabulary can leave a letter with few words (z: 17) without test
+    # words (a clear AbsorptionEvalError); seeds 1 and 3 split every letter.
+    sae = build_reference_sae(planted, 3)
+    runs = {
+        (wpl, seed): run_absorption_eval(
+            sae, planted.model, tmp_path / f"{wpl}-{seed}",
+            replace(FAST_CONFIG, random_seed=seed), sae_name="sae",
+            show_progress=False, words_per_letter=wpl)
+        for wpl, seed in [(None, 42), (40, 1), (40, 3)]
+    }
+    n_alpha = len(get_alpha_tokens(planted.model.tokenizer))
+
+    def probed_words(wpl, seed) -> list[str]:
+        (split_dir,) = (tmp_path / f"{wpl}-{seed}" / "probes").glob("*/*/layer_0")
+        return sorted(str(w) for split in ("train", "test") for w in
+                      pd.read_csv(split_dir / f"{split}_df.csv", keep_default_na=False)["token"])
+
+    full = get_vocabulary(runs[None, 42])
+    assert (full.words_per_letter, full.n_words_probed) == (None, n_alpha)
+    sub = get_vocabulary(load_output(result_path(tmp_path / "40-1", "sae")))
+    assert sub.words_per_letter == 40 and sub.seed == 1
+    assert sub.n_words_probed == sum(sub.words_per_letter_probed.values()) < n_alpha
+    assert max(sub.words_per_letter_probed.values()) == 40
+    assert len(probed_words(40, 1)) == sub.n_words_probed  # SAEBench probed only those
+    assert len(probed_words(None, 42)) == n_alpha
+    # seeded: the same seed draws the same words, another seed others
+    assert select_words(get_alpha_tokens(planted.model.tokenizer), 40, 1) == probed_words(40, 1)
+    assert probed_words(40, 3) != probed_words(40, 1)
+    # the subsample is named in the printed verdict
+    summary = format_summary(runs[40, 1])
+    assert "verdict: TRUSTWORTHY" in summary
+    assert "seeded subsample of 40 words per letter" in " ".join(summary.split())
+    assert "full alphabetic vocabulary" in " ".join(format_summary(runs[None, 42]).split())
+    # and measures the planted share on what it scored, within the calibration tolerance
+    assert get_alarm(runs[40, 1]).trustworthy
+    assert abs(runs[40, 1].eval_result_metrics.mean.mean_absorption_fraction_score - 0.3) < 0.1
+
+
+def test_cli_words_per_letter(planted, tmp_path, capsys):
+    build_reference_sae(planted, 3).save_model(tmp_path / "sae")
+    status = main(["--sae", str(tmp_path / "sae"), "--model", "planted-first-letter", "--out",
+                   str(tmp_path / "out"), "--words-per-letter", "40", "--seed", "1",
+                   "--max-k-value", "3",
+                   "--quiet"])
+    assert status == 0
+    assert "seeded subsample of 40 words" in " ".join(capsys.readouterr().out.split())
+    output = load_output(result_path(tmp_path / "out", "sae"))
+    assert output.eval_result_unstructured["orthosae_vocabulary"]["words_per_letter"] == 40
+
+
+@pytest.mark.parametrize("bad", [0, -3, 2.5, True])
+def test_words_per_letter_must_be_a_positive_integer(planted, tmp_path, bad):
+    with pytest.raises(ValueError, match="words_per_letter"):
+        run_absorption_eval(untrained_sae(planted), planted.model, tmp_path,
+                            show_progress=False, words_per_letter=bad)
+
+
+def test_smollm2_name_loads_through_the_package_loader(monkeypatch):
+    calls = []
+
+    def fake_load_smollm2(device="cpu", dtype=torch.float32):
+        calls.append((device, dtype))
+        return "the SmolLM2 HookedTransformer"
+
+    monkeypatch.setattr("orthosae_plugin.smollm.load_smollm2", fake_load_smollm2)
+    assert load_model("smollm2-135m-instruct-q4_1") == "the SmolLM2 HookedTransformer"
+    assert load_model("smollm2-135m-instruct-q4_1", dtype="bfloat16") is not None
+    assert calls == [("cpu", torch.float32), ("cpu", torch.bfloat16)]
+
+    def broken(device="cpu", dtype=torch.float32):
+        raise FileNotFoundError("no GGUF; run: python -m orthosae_plugin.smollm --fetch\nmore")
+
+    monkeypatch.setattr("orthosae_plugin.smollm.load_smollm2", broken)
+    with pytest.raises(ValueError, match=r"'smollm2-135m-instruct-q4_1': cannot load it: no GGUF"):
+        load_model("smollm2-135m-instruct-q4_1")

@@ -33,17 +33,21 @@ import json
 import re
 import statistics
 import sys
+import tempfile
 import textwrap
 import warnings
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from sae_bench.evals.absorption.common import load_or_train_probe
+from sae_bench.evals.absorption.common import (
+    load_or_train_probe,
+    load_probe,
+    load_probe_data_split,
+)
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_bench.evals.absorption.eval_output import (
     EVAL_TYPE_ID_ABSORPTION,
@@ -64,10 +68,13 @@ from sae_bench.sae_bench_utils import (
 )
 from sae_bench.sae_bench_utils.activation_collection import LLM_NAME_TO_DTYPE
 from sae_lens import SAE
+from sae_lens.constants import SAE_CFG_FILENAME
 from sklearn.exceptions import UndefinedMetricWarning
 from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
+from transformer_lens.loading_from_pretrained import get_official_model_name
 
+from orthosae_plugin import smollm
 from orthosae_plugin.evals.alarm import (
     ALARM_KEY,
     AbsorptionAlarm,
@@ -75,6 +82,7 @@ from orthosae_plugin.evals.alarm import (
     SaeProvenance,
     assess_result,
     get_alarm,
+    random_alignment_level,
 )
 from orthosae_plugin.evals.planted import PLANTED_MODEL_NAME, build_planted_model
 from orthosae_plugin.evals.saebench_fixes import (
@@ -91,7 +99,8 @@ from orthosae_plugin.evals.saebench_fixes import (
     seed_everything,
     stop_after_layer,
 )
-from orthosae_plugin.evals.steps import training_steps_of
+from orthosae_plugin.evals.steps import run_schedule, training_steps_of
+from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME
 
 VOCABULARY_KEY = "orthosae_vocabulary"
 """Key of the probed vocabulary (:class:`VocabularyChoice`) in ``eval_result_unstructured``."""
@@ -133,16 +142,73 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Hook
     """Load the model an SAE is evaluated on, by name.
 
     ``"planted-first-letter"`` builds the offline planted model (default
-    :class:`~orthosae_plugin.evals.planted.PlantedModelConfig`); any other name goes to
+    :class:`~orthosae_plugin.evals.planted.PlantedModelConfig`);
+    ``"smollm2-135m-instruct-q4_1"`` loads SmolLM2-135M-Instruct offline through
+    ``orthosae_plugin.smollm.load_smollm2``; any other name goes to
     ``HookedTransformer.from_pretrained_no_processing`` (the hub, or the local Hugging Face
     cache with ``HF_HUB_OFFLINE=1``), in SAEBench's dtype for that model unless given.
+
+    Raises:
+        ValueError: one line naming the model and the problem (unknown name, or a known
+            one that cannot be loaded here).
     """
     if name == PLANTED_MODEL_NAME:
         return build_planted_model(device=device).model
-    dtype_str = dtype or LLM_NAME_TO_DTYPE.get(name, "float32")
-    return HookedTransformer.from_pretrained_no_processing(
-        name, device=device, dtype=general_utils.str_to_dtype(dtype_str)
-    )
+    torch_dtype = general_utils.str_to_dtype(dtype or LLM_NAME_TO_DTYPE.get(name, "float32"))
+    if name == SMOLLM2_MODEL_NAME:
+        try:
+            return smollm.load_smollm2(device=device, dtype=torch_dtype)
+        except Exception as error:  # noqa: BLE001 (its own errors say how to fix them)
+            raise ValueError(f"--model {name!r}: cannot load it: {one_line(error)}") from error
+    try:
+        get_official_model_name(name)
+    except ValueError as error:
+        raise ValueError(
+            f"--model {name!r}: unknown model; allowed: {PLANTED_MODEL_NAME!r}, "
+            f"{SMOLLM2_MODEL_NAME!r}, or a TransformerLens model name such as 'gpt2' or "
+            "'gemma-2-2b'") from error
+    try:
+        return HookedTransformer.from_pretrained_no_processing(name, device=device,
+                                                               dtype=torch_dtype)
+    except Exception as error:  # noqa: BLE001 (hub, cache and conversion errors alike)
+        raise ValueError(f"--model {name!r}: cannot load it ({type(error).__name__}: "
+                         f"{one_line(error)[:300]})") from error
+
+
+@torch.no_grad()
+def letter_projection_carried(sae: SAE, probe_weights_LD: torch.Tensor, acts_ND: torch.Tensor,
+                              labels_N: list[int], level: float) -> dict[str, float]:
+    """Per letter: the share of the SAE's projection onto the letter's probe direction that
+    is carried by latents aligned with that direction beyond chance.
+
+    For each test word of letter l, with ``u`` the unit probe direction of l, latent
+    activations ``f`` and unit decoder rows ``d``: ``sum(f_i (d_i . u) over latents with
+    d_i . u > level) / sum(f_i max(d_i . u, 0) over all latents)``, averaged over the
+    letter's words (words with no positive projection count 0). A letter latent and the
+    latents that absorb it both point along ``u`` (an absorbing latent's decoder carries
+    the letter direction: that is what absorption is), so heavy absorption leaves this
+    near 1; a random or untrained dictionary spreads the projection over latents no more
+    aligned than chance, and it is near 0. `level` is the random-alignment level
+    (:func:`~orthosae_plugin.evals.alarm.random_alignment_level`).
+    """
+    dec_SD = torch.nn.functional.normalize(sae.W_dec.detach().float(), dim=-1)
+    unit_LD = torch.nn.functional.normalize(probe_weights_LD.float().to(dec_SD.device), dim=-1)
+    cos_SL = dec_SD @ unit_LD.T
+    labels = torch.tensor(labels_N, device=dec_SD.device)
+    shares: dict[str, float] = {}
+    for letter_idx, letter in enumerate(LETTERS):
+        acts = acts_ND[labels == letter_idx]
+        if len(acts) == 0:
+            shares[letter] = float("nan")
+            continue
+        feats_NS = sae.encode(acts.to(dtype=sae.dtype)).float()
+        cos_S = cos_SL[:, letter_idx]
+        total_N = feats_NS @ cos_S.clamp(min=0)
+        aligned_N = feats_NS @ torch.where(cos_S > level, cos_S, torch.zeros_like(cos_S))
+        share_N = torch.where(total_N > 0, aligned_N / total_N.clamp(min=1e-12),
+                              torch.zeros_like(total_N))
+        shares[letter] = float(share_N.mean())
+    return shares
 
 
 def per_letter_table(metrics_df: pd.DataFrame, agg_df: pd.DataFrame,
@@ -244,8 +310,10 @@ def run_absorption_eval(
     if sae.cfg.metadata.model_name is None:
         sae.cfg.metadata.model_name = model.cfg.model_name  # SAEBench's cfg check needs one
     deviation, folded, fold_error = fold_decoder_norms(sae)
+    warm_ups, planned = run_schedule(sae, sae_path)
     provenance = SaeProvenance(sae.cfg.d_in, sae.cfg.d_sae, steps, steps_source, deviation,
-                               folded, fold_error, sae.cfg.metadata.model_name)
+                               folded, fold_error, sae.cfg.metadata.model_name, warm_ups,
+                               planned)
     sae = sae.to(device=device, dtype=model.cfg.dtype)
     general_utils._standardize_sae_cfg(sae.cfg)  # as SAEBench's own loader does
 
@@ -268,7 +336,9 @@ def run_absorption_eval(
         # warns for every k-sparse probe that predicts no positives, which the alarm covers.
         warnings.simplefilter("ignore", UndefinedMetricWarning)
         table = _run_saebench_experiments(
-            model, sae, layer, sae_name, config, output_dir, device, show_progress, vocab
+            model, sae, layer, sae_name, config, output_dir, device, show_progress, vocab,
+            random_alignment_level(sae.cfg.d_in, sae.cfg.d_sae,
+                                   (thresholds or AlarmThresholds()).alignment_p_value),
         )
     alarm = assess_result(table, provenance, config, model.cfg.model_name, thresholds)
     output = _build_output(table, config, sae, sae_name, alarm, vocab)
@@ -279,14 +349,15 @@ def run_absorption_eval(
 def _run_saebench_experiments(
     model: HookedTransformer, sae: SAE, layer: int, sae_name: str,
     config: AbsorptionEvalConfig, output_dir: Path, device: str, show_progress: bool,
-    vocab: VocabularyChoice,
+    vocab: VocabularyChoice, alignment_level: float,
 ) -> pd.DataFrame:
     """SAEBench's ground-truth probe, k-sparse probing and absorption experiments, with
     every path under `output_dir`; returns :func:`per_letter_table`."""
-    fingerprint = model_fingerprint(
-        model, config.prompt_template, config.prompt_token_pos, config.random_seed,
-        *(() if vocab.words_per_letter is None else (("words_per_letter", vocab.words_per_letter),)),
-    )  # the full vocabulary keeps the fingerprint it had before words_per_letter existed
+    # the full vocabulary keeps the fingerprint it had before words_per_letter existed
+    subsample = () if vocab.words_per_letter is None else (
+        ("words_per_letter", vocab.words_per_letter),)
+    fingerprint = model_fingerprint(model, config.prompt_template, config.prompt_token_pos,
+                                    config.random_seed, *subsample)
     probes_dir = output_dir / "probes" / f"{_safe(model.cfg.model_name)}-{fingerprint}"
     artifacts = output_dir / "artifacts"
     common = dict(
@@ -336,7 +407,14 @@ def _run_saebench_experiments(
     )
     stages.update()
     stages.close()
-    return per_letter_table(metrics_df, _aggregate_results_df(raw_df), config)
+    table = per_letter_table(metrics_df, _aggregate_results_df(raw_df), config)
+    probe = load_probe(model.cfg.model_name, layer, probes_dir, torch.float32, device)
+    test_acts_ND, test_words = load_probe_data_split(
+        model, layer, "test", probes_dir, torch.float32, device)
+    carried = letter_projection_carried(sae, probe.weights.detach(), test_acts_ND,
+                                        [label for _, label in test_words],
+                                        alignment_level)
+    return table.assign(aligned_projection_share=table["letter"].map(carried))
 
 
 def _build_output(table: pd.DataFrame, config: AbsorptionEvalConfig, sae: SAE,
@@ -392,11 +470,22 @@ def _build_output(table: pd.DataFrame, config: AbsorptionEvalConfig, sae: SAE,
 def _resolve_sae(sae: SAE | str | Path, device: str) -> tuple[SAE, Path | None]:
     if isinstance(sae, (str, Path)):
         path = Path(sae)
-        if not (path / "cfg.json").exists():
-            raise ValueError(
-                f"sae={str(sae)!r} has no cfg.json; allowed: an SAE object or the folder of "
-                "a saved SAELens SAE (cfg.json + sae_weights.safetensors)")
-        return SAE.load_from_disk(path, device=device), path
+        allowed = "allowed: the folder of a saved SAELens SAE (cfg.json + sae_weights.safetensors)"
+        if not path.is_dir():
+            problem = "does not exist" if not path.exists() else "is not a folder"
+            raise ValueError(f"{path}: {problem}; {allowed}")
+        if not (path / SAE_CFG_FILENAME).is_file():
+            raise ValueError(f"{path / SAE_CFG_FILENAME}: missing; {allowed}")
+        try:
+            json.loads((path / SAE_CFG_FILENAME).read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            raise ValueError(f"{path / SAE_CFG_FILENAME}: not readable JSON ({error}); "
+                             f"{allowed}") from error
+        try:
+            return SAE.load_from_disk(path, device=device), path
+        except Exception as error:  # noqa: BLE001 (SAELens raises many kinds; name them all)
+            raise ValueError(f"{path}: SAELens cannot load this SAE ({type(error).__name__}: "
+                             f"{error}); {allowed}") from error
     if not isinstance(sae, SAE):
         raise ValueError(f"sae is a {type(sae).__name__}; allowed: an SAELens SAE or a folder path")
     return copy.deepcopy(sae), None
@@ -488,6 +577,32 @@ def result_path(output_dir: str | Path, sae_name: str) -> Path:
     return Path(general_utils.get_results_filepath(str(output_dir), sae_name, "custom_sae"))
 
 
+def one_line(message: object) -> str:
+    """`message` on one line (user errors are printed as one line, never a traceback)."""
+    return " ".join(str(message).split())
+
+
+def check_output_dir(path: str | Path) -> None:
+    """Raise ValueError (naming the path and the problem) unless `path` is a folder this
+    process can write into, or one it can create. Creates nothing."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {path}: is a file, not a folder; allowed: a folder (created "
+                         "if missing)")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--out {path}: cannot be created, {existing} is a file")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        where = "folder" if existing == path else f"folder {existing} (to create it)"
+        raise ValueError(f"--out {path}: cannot write into the {where}: "
+                         f"{error.strerror or error}") from error
+
+
 def main(argv: list[str] | None = None) -> int:
     """``orthosae-absorption``: run the eval on a saved SAE and print a summary.
 
@@ -528,11 +643,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="override the SAE's recorded training steps for the alarm")
     parser.add_argument("--min-training-steps", type=int,
                         default=default_thresholds.min_training_steps,
-                        help="alarm below this many recorded training steps (default "
+                        help="alarm below this many steps actually trained (the checkpoint's "
+                        "clock, else the SAE's metadata; default "
                         f"{default_thresholds.min_training_steps})")
     parser.add_argument("--min-k1-probe-f1", type=float,
                         default=default_thresholds.min_k1_probe_f1,
-                        help="alarm when most letters' best single latent has a lower F1 "
+                        help="note (not an alarm: heavy absorption lowers it) when most "
+                        "letters' best single latent has a lower F1 "
                         f"(default {default_thresholds.min_k1_probe_f1})")
     parser.add_argument("--strict", action="store_true",
                         help="exit with status 2 when the result is untrustworthy")
@@ -544,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
     thresholds = replace(default_thresholds, min_training_steps=args.min_training_steps,
                          min_k1_probe_f1=args.min_k1_probe_f1)
     try:
+        check_output_dir(args.out)
         model = load_model(args.model, device=args.device, dtype=args.dtype)
         output = run_absorption_eval(
             args.sae, model, args.out, config, sae_name=args.name,
@@ -551,7 +669,12 @@ def main(argv: list[str] | None = None) -> int:
             show_progress=not args.quiet, words_per_letter=args.words_per_letter,
         )
     except (ValueError, AbsorptionEvalError) as error:
-        print(f"orthosae-absorption: cannot evaluate: {error}", file=sys.stderr)
+        print(f"orthosae-absorption: cannot evaluate: {one_line(error)}", file=sys.stderr)
+        return 1
+    except OSError as error:  # e.g. the output folder filled up or became read-only
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"orthosae-absorption: cannot evaluate: {where}{one_line(error.strerror or error)}",
+              file=sys.stderr)
         return 1
     print(format_summary(output, result_path(args.out, output.sae_lens_release_id)))
     if args.strict and not get_alarm(output).trustworthy:

@@ -3,9 +3,73 @@
 SAEBench prints absorption numbers for any SAE, including one trained for 4 steps, which
 gives exactly 0.0 absorption and 1.0 split features on every letter. :func:`assess_result`
 looks at what the eval measured (per-letter probe F1s, the main latents' alignment with the
-probe, the absorption pattern) and at how the SAE was made (:class:`SaeProvenance`), and
-returns an :class:`AbsorptionAlarm` with a verdict, the reasons and notes. It is pure
-bookkeeping on numbers, so every rule is tested on hand-written tables.
+probe, how much of the letter's projection aligned latents carry, the absorption pattern)
+and at how the SAE was made (:class:`SaeProvenance`), and returns an
+:class:`AbsorptionAlarm` with a verdict, the reasons and notes. It is pure bookkeeping on
+numbers, so every rule is tested on hand-written tables.
+
+The rules must tell "untrained or unrelated" from "trained and absorbs a lot". Evidence
+(``python -m benchmarks.alarm_evidence``, planted first-letter model, SAEBench's default
+config, every number below from ``benchmarks/results/alarm_evidence/planted.json``):
+
+============  ==========  ================  ===============  ===========  =======
+case          absorption  aligned share     main-latent cos  k=1 F1       steps
+                          (mean / min)      (mean / min)     (mean)
+============  ==========  ================  ===============  ===========  =======
+planted 0 %   0.000       0.98 / 0.90       0.78 / 0.72      1.00         -
+planted 30 %  0.287       0.98 / 0.89       0.78 / 0.72      0.82         -
+planted 60 %  0.531       0.99 / 0.90       0.78 / 0.72      0.61         -
+planted 90 %  0.917       1.00 / 0.97       0.76 / 0.50      0.14         -
+random 256    0.013       0.00 / 0.00       0.21 / 0.10      0.27         -
+random 1211   0.102       0.00 / 0.00       0.23 / 0.12      0.31         -
+init (0)      0.485       0.00 / 0.00       0.18 / 0.10      0.21         0
+ckpt 4        0.000       0.00 / 0.00       -0.09 / -0.28    0.00         4
+ckpt 50       0.000       0.48 / 0.00       0.28 / -0.15     0.43         50
+ckpt 300      0.000       0.99 / 0.98       0.85 / 0.82      1.00         300
+final 1200    0.000       0.98 / 0.96       0.85 / 0.82      1.00         1200
+============  ==========  ================  ===============  ===========  =======
+
+(random-alignment level: 0.41 at d_sae 256, 0.44 at 1211; planted rows are hand-built
+reference SAEs with 0-9 of 10 groups absorbed; "ckpt"/"final": ``ortho_contrastive`` as
+``examples/absorption_eval.py`` trains it, 1200 steps, contrastive warm-up 1000.)
+
+Rules, each with its evidence:
+
+* **Letters carried by aligned latents** (:func:`_check_letters`, the main rule). Per
+  letter, the share of the SAE's projection onto the letter's probe direction carried by
+  latents whose decoder is aligned with it beyond chance (cosine above
+  :func:`random_alignment_level`). A letter latent and the latents that absorb it both
+  carry the letter direction (that is what absorption means), so absorption does not
+  lower it: 0.98-1.00 from 0 % to 90 % planted absorption. Random and untrained
+  dictionaries: 0.00 (by construction: any latent above the random level occurs with
+  probability at most ``alignment_p_value``). Fires when more than half of the scored
+  letters are below ``min_aligned_projection_share`` (0.25: anything between 0 and 0.89
+  separates the planted cases; the low end leaves room for real dictionaries, where many
+  weakly aligned active latents share the letter's projection. Not yet measured on a
+  well-trained real SAE; see the README).
+* **Main latents unaligned.** The k=1 latent's decoder no closer to the probe than the
+  best of d_sae random directions: 26/26 letters for random, untrained and 4-step SAEs,
+  15/26 at 50 steps, 0/26 for every planted rate (the 90 % SAE's lowest is 0.50 > 0.44).
+* **Exact zero absorption with one split feature everywhere** is believed only with
+  near-perfect letter latents (mean k=1 F1 >= 0.9: the clean reference, the 300- and
+  1200-step SAEs); with weaker latents it is what an untrained SAE gives.
+* **No longer a reason: "k=1 F1 < 0.3 on most letters".** With absorption a, the letter
+  latent's recall is about 1 - a: it fired on 22 of 26 letters of the 90 % reference SAE,
+  a correct measurement. It is kept as a note.
+* **Training length.** Steps are the ones actually trained (:mod:`.steps`). Two rules:
+  fewer than ``min_training_steps`` (100) steps, and a run whose own warm-ups
+  (``*_warm_up_steps`` in the SAE's training config, and the runner's ``lr_warm_up_steps``)
+  have not finished. The measurement rules above catch the 0-, 4- and 50-step SAEs by
+  themselves; the floor is the backstop for the experiment's failures (0 and 4 steps).
+  It was 1000: that flags the real SmolLM2 SAEs of issue 9 trained 586 steps (600k tokens
+  at batch 1024; EV 0.85, absorption 0.10 and nothing else wrong), a false alarm. The
+  300-step checkpoint measures exactly what the finished SAE does (same table row), so
+  no measurement can flag it; what is wrong with it is that its contrastive term was 30 %
+  warmed up: the warm-up rule flags it (and any checkpoint before its warm-ups end),
+  while a checkpoint past its warm-ups but short of its budget gets a note.
+* Decoder norms that cannot be folded, an SAE evaluated on another model than it was
+  trained on, and fewer than ``min_feats_for_eval`` letters passing the ground-truth
+  probe are reasons as before.
 """
 
 from __future__ import annotations
@@ -30,19 +94,26 @@ NORM_TOLERANCE = 1e-5
 class AlarmThresholds:
     """When an absorption result is declared untrustworthy (see :class:`AbsorptionAlarm`)."""
 
-    min_training_steps: int = 1000
-    """Fewer recorded training steps than this: the SAE cannot have learned features.
-    (The experiment this package exists for evaluated SAEs trained for 4 and 0 steps.)"""
+    min_training_steps: int = 100
+    """Fewer actually-trained steps than this: the SAE cannot have learned features (the
+    experiment this package exists for evaluated SAEs trained for 4 and 0 steps). 1000
+    before: that flagged real SmolLM2 SAEs trained 586 steps that measure correctly (see
+    the module docstring)."""
+    min_aligned_projection_share: float = 0.25
+    """A letter whose projection onto its probe direction is carried less than this much
+    by latents aligned with the probe beyond chance has no latents for the letter, neither
+    its own nor absorbing ones (reference SAEs at 0-90 % absorption: >= 0.89 per letter;
+    random and untrained dictionaries: 0.00)."""
     min_k1_probe_f1: float = 0.3
-    """A letter whose best single SAE latent (k=1 sparse probe) has a test F1 below this
-    has no latent that tracks the letter; absorption is then measured against noise."""
+    """Notes (no longer a reason) when most letters' best single latent has a lower F1:
+    with absorption a its recall is about 1 - a, so heavy absorption alone does this."""
     alignment_p_value: float = 0.01
     """A letter's main (k=1) latent counts as unaligned when its decoder's cosine with the
     letter's probe is below the level that the best of d_sae *random* directions would
     exceed with this probability (see :func:`random_alignment_level`)."""
     max_share_failing_letters: float = 0.5
-    """The two per-letter checks above fire when more than this share of the scored
-    letters fails them."""
+    """The per-letter checks fire when more than this share of the scored letters fails
+    them."""
     min_k1_probe_f1_for_zero_absorption: float = 0.9
     """Exactly 0 absorption with 1 split feature on every letter is what an untrained SAE
     gives (no latent aligns with the probe, so nothing can count as absorbing). It is only
@@ -80,6 +151,12 @@ class SaeProvenance:
     decoder_norms_folded: bool
     fold_error: str | None
     sae_model_name: str | None
+    warm_up_steps: dict[str, int] = field(default_factory=dict)
+    """The run's warm-ups by name (``contrastive_warm_up_steps``, ``l1_warm_up_steps``,
+    ``lr_warm_up_steps``, ...), from the SAE's training config and ``runner_cfg.json``."""
+    planned_steps: int | None = None
+    """The run's planned budget (``runner_cfg.json``), when known; only ever compared with
+    ``training_steps``, never used in its place."""
 
 
 def get_alarm(output: AbsorptionEvalOutput) -> AbsorptionAlarm:
@@ -145,13 +222,26 @@ def _check_provenance(
 ) -> dict[str, Any]:
     """Rules on how the SAE was made: training length, decoder norms, model."""
     steps = provenance.training_steps
+    source = provenance.training_steps_source
+    warm_ups = {name: n for name, n in provenance.warm_up_steps.items() if n > 0}
     if steps is None:
-        notes.append("the SAE's number of training steps is unknown (no cfg.metadata."
-                     f"training_steps, no {RUNNER_CFG_FILENAME}); it could not be checked")
+        notes.append("the SAE's number of training steps is unknown (no checkpoint clock, no "
+                     f"cfg.metadata.training_steps, no {RUNNER_CFG_FILENAME} of a final "
+                     "save); it could not be checked")
     elif steps < th.min_training_steps:
         reasons.append(
-            f"the SAE was trained for {steps} steps (from {provenance.training_steps_source}), "
-            f"fewer than {th.min_training_steps}: it cannot have learned first-letter features")
+            f"the SAE was trained for {steps} steps (from {source}), fewer than "
+            f"{th.min_training_steps}: it cannot have learned first-letter features")
+    elif warm_ups and steps < max(warm_ups.values()):
+        unfinished = ", ".join(f"{name}={n}" for name, n in sorted(warm_ups.items())
+                               if steps < n)
+        reasons.append(
+            f"the SAE was trained for {steps} steps (from {source}), before its run's "
+            f"warm-ups ended ({unfinished}): its loss had not yet reached the form its "
+            "config describes, so this is not the SAE the config would give")
+    planned = provenance.planned_steps
+    if steps is not None and planned is not None and steps < planned:
+        notes.append(f"a checkpoint: trained {steps} of its run's {planned} planned steps")
     deviation = provenance.max_decoder_norm_deviation
     if not provenance.decoder_norms_folded:
         reasons.append(
@@ -167,7 +257,9 @@ def _check_provenance(
             f"the SAE was trained on {sae_model!r} but is evaluated on {eval_model_name!r}")
     return {
         "training_steps": steps,
-        "training_steps_source": provenance.training_steps_source,
+        "training_steps_source": source,
+        "planned_steps": planned,
+        "warm_up_steps": provenance.warm_up_steps,
         "max_decoder_norm_deviation": deviation,
         "decoder_norms_folded": provenance.decoder_norms_folded,
     }
@@ -188,12 +280,19 @@ def _check_letters(
             "linearly at this layer, so there is little to absorb")
 
     max_failing = th.max_share_failing_letters * len(scored)
-    low_k1 = "".join(scored[scored["k1_probe_f1"] < th.min_k1_probe_f1]["letter"])
-    if len(scored) and len(low_k1) > max_failing:
-        reasons.append(
-            f"{len(low_k1)} of {len(scored)} scored letters have no SAE latent that tracks "
-            f"them (best single-latent probe F1 < {th.min_k1_probe_f1}): {low_k1}; "
-            "absorption is being measured against noise latents")
+    if "aligned_projection_share" in scored:
+        uncarried = "".join(
+            scored[~(scored["aligned_projection_share"] >= th.min_aligned_projection_share)]
+            ["letter"])
+        if len(scored) and len(uncarried) > max_failing:
+            reasons.append(
+                f"{len(uncarried)} of {len(scored)} scored letters are carried by no latent "
+                "aligned with the letter's probe beyond chance (aligned share of the "
+                f"projection < {th.min_aligned_projection_share}): {uncarried}; neither a "
+                "letter latent nor absorbing latents exist, absorption is being measured "
+                "against noise latents")
+    else:
+        uncarried = ""
     level = random_alignment_level(provenance.d_in, provenance.d_sae, th.alignment_p_value)
     unaligned = "".join(scored[scored["k1_decoder_probe_cos"] < level]["letter"])
     if len(scored) and len(unaligned) > max_failing:
@@ -202,7 +301,13 @@ def _check_letters(
             f"decoder is no closer to the letter's probe direction (cosine < {level:.2f}) "
             f"than the best of {provenance.d_sae} random directions would be: {unaligned}; "
             "the dictionary looks untrained")
-
+    low_k1 = "".join(scored[scored["k1_probe_f1"] < th.min_k1_probe_f1]["letter"])
+    if len(scored) and len(low_k1) > max_failing and not reasons:
+        notes.append(
+            f"{len(low_k1)} of {len(scored)} scored letters' best single latent has probe F1 "
+            f"< {th.min_k1_probe_f1} ({low_k1}); with absorption a a letter latent's recall "
+            "is about 1 - a, so heavy absorption alone does this (the latents are aligned "
+            "with the probe and carry it)")
     mean_k1 = float(scored["k1_probe_f1"].mean()) if len(scored) else float("nan")
     if len(scored) and (
         (scored["mean_absorption_fraction"] == 0).all()
@@ -222,10 +327,17 @@ def _check_letters(
         "n_letters_passing_gt_probe": n_passing,
         "n_letters_scored": len(scored),
         "letters_low_k1_probe_f1": low_k1,
+        "letters_not_carried_by_aligned_latents": uncarried,
         "mean_k1_probe_f1": mean_k1,
         "letters_unaligned_main_latent": unaligned,
         "random_alignment_level": level,
         "per_letter_probe_f1": {
             row.letter: [row.gt_probe_f1, row.k1_probe_f1] for row in per_letter.itertuples()
         },
+        "per_letter_main_latent_cos": dict(zip(per_letter["letter"],
+                                               per_letter["k1_decoder_probe_cos"])),
+        "per_letter_aligned_projection_share": dict(zip(
+            per_letter["letter"], per_letter.get("aligned_projection_share",
+                                                 pd.Series([math.nan] * len(per_letter)))
+        )),
     }

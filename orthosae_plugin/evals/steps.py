@@ -24,7 +24,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 from sae_lens import SAE
-from sae_lens.constants import RUNNER_CFG_FILENAME, SAE_WEIGHTS_FILENAME, TRAINER_STATE_FILENAME
+from sae_lens.constants import (
+    RUNNER_CFG_FILENAME,
+    SAE_CFG_FILENAME,
+    SAE_WEIGHTS_FILENAME,
+    TRAINER_STATE_FILENAME,
+)
 
 CLOCK_KEY = "n_steps_trained"
 """The training clock buffer of ``ortho_contrastive`` training SAEs."""
@@ -80,3 +85,44 @@ def training_steps_of(sae: SAE, sae_path: Path | None = None) -> tuple[int | Non
                       "train_batch_size_tokens)")
             return int(tokens) // int(batch), source
     return None, "unknown"
+
+
+def _warm_ups_in(config: object) -> dict[str, int]:
+    """Every ``*warm_up_steps`` entry of a (nested) config dict, by its key."""
+    found: dict[str, int] = {}
+    if isinstance(config, dict):
+        for key, value in config.items():
+            if isinstance(value, dict):
+                for name, n in _warm_ups_in(value).items():
+                    found[name] = max(n, found.get(name, 0))
+            elif str(key).endswith("warm_up_steps") and isinstance(value, int) and not (
+                isinstance(value, bool)
+            ):
+                found[str(key)] = max(value, found.get(str(key), 0))
+    return found
+
+
+def run_schedule(sae: SAE, sae_path: Path | None = None) -> tuple[dict[str, int], int | None]:
+    """The training run's warm-ups (``{name: steps}``) and planned step budget, as far as
+    the SAE's metadata and its folder record them.
+
+    Warm-ups: every ``*warm_up_steps`` in ``cfg.metadata.training_architecture_details``
+    (SAELens records the training config there, inference saves included), in the
+    folder's ``cfg.json`` and ``runner_cfg.json`` (``lr_warm_up_steps``, the SAE's own).
+    Planned steps: ``runner_cfg.json``'s ``training_tokens // train_batch_size_tokens``.
+    """
+    warm_ups = _warm_ups_in(sae.cfg.metadata.get("training_architecture_details") or {})
+    planned = None
+    if sae_path is not None:
+        for name in (SAE_CFG_FILENAME, RUNNER_CFG_FILENAME):
+            try:
+                config = json.loads((sae_path / name).read_text())
+            except (OSError, ValueError):
+                continue
+            for key, n in _warm_ups_in(config).items():
+                warm_ups[key] = max(n, warm_ups.get(key, 0))
+            if name == RUNNER_CFG_FILENAME:
+                tokens, batch = config.get("training_tokens"), config.get("train_batch_size_tokens")
+                if isinstance(tokens, int) and isinstance(batch, int) and batch > 0:
+                    planned = tokens // batch
+    return warm_ups, planned
