@@ -676,7 +676,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         f"{bench.contrastive_warm_up_steps}.  ",
         f"Absorption: SAEBench first letter, "
         f"{'all alphabetic tokens' if bench.words_per_letter is None else f'{bench.words_per_letter} words per letter (seeded)'}"
-        f", max k {bench.absorption_max_k}. EV, L0, CE-loss recovered: SAELens's evals on "
+        f", max k {bench.absorption_max_k}. EV, L0, CE-loss recovered: SAELens's definitions (`HeldoutEval`) on "
         f"{bench.heldout_tokens:,} held-out tokens. dead: share of latents SAELens's trainer counts "
         f"dead at the end (no firing in {bench.dead_feature_window} steps).  ",
         f"Data: {', '.join(sorted({r.data_version or 'unrecorded' for r in results}))}.  ",
