@@ -731,7 +731,12 @@ def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[A
     paths["table"].write_text(markdown(results, bench, arms, target_l0, meta))
     plots = (("absorption", "SAEBench mean absorption fraction (lower is better)", "absorption_vs_l0.png"),
              ("explained_variance", "explained variance (held out)", "ev_vs_l0.png"))
-    paths["absorption_plot"], paths["ev_plot"] = plot(results, target_l0, None, out_dir, plots, METRICS)
+    # The legend says which arms' absorption the alarm flagged (their points are not to be quoted).
+    flagged = {a: sum(not r.alarm["trustworthy"] for r in results if r.arm == a) for a in {r.arm for r in results}}
+    total = {a: sum(r.arm == a for r in results) for a in flagged}
+    labelled = [replace(r, arm=f"{r.arm} (alarm: {flagged[r.arm]}/{total[r.arm]} flagged)") if flagged[r.arm] else r
+                for r in results]
+    paths["absorption_plot"], paths["ev_plot"] = plot(labelled, target_l0, None, out_dir, plots, METRICS)
     return paths
 
 
