@@ -528,19 +528,23 @@ def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
     return mean, std, len(kept)
 
 
-def matched_l0_summary(results: list[RunResult], target_l0: float) -> dict[str, dict[str, tuple[float, float, int]]]:
+def matched_l0_summary(
+    results: list[RunResult], target_l0: float, metrics: Sequence[str] = METRICS
+) -> dict[str, dict[str, tuple[float, float, int]]]:
     """``{arm: {metric: (mean, std, n_seeds)}}`` at L0 = ``target_l0``: per seed,
     interpolated along the sparsity sweep (:func:`interpolate_at`); then over the seeds
-    whose sweep reaches ``target_l0``."""
+    whose sweep reaches ``target_l0``. ``results`` may be any objects with ``arm``,
+    ``seed``, ``sparsity`` and a ``metrics`` dict holding ``l0`` and ``metrics``
+    (``benchmarks.real_model`` passes its own)."""
     summary: dict[str, dict[str, tuple[float, float, int]]] = {}
     for arm in dict.fromkeys(r.arm for r in results):
-        per_seed: dict[str, list[float]] = {m: [] for m in METRICS}
+        per_seed: dict[str, list[float]] = {m: [] for m in metrics}
         for seed in dict.fromkeys(r.seed for r in results):
             runs = sorted(
                 (r for r in results if r.arm == arm and r.seed == seed), key=lambda r: r.sparsity
             )
             l0s = [r.metrics["l0"] for r in runs]
-            for metric in METRICS:
+            for metric in metrics:
                 per_seed[metric].append(
                     interpolate_at(l0s, [r.metrics[metric] for r in runs], target_l0)
                 )
@@ -548,13 +552,15 @@ def matched_l0_summary(results: list[RunResult], target_l0: float) -> dict[str, 
     return summary
 
 
-def per_setting_summary(results: list[RunResult]) -> dict[tuple[str, float], dict[str, tuple[float, float, int]]]:
+def per_setting_summary(
+    results: list[RunResult], metrics: Sequence[str] = METRICS
+) -> dict[tuple[str, float], dict[str, tuple[float, float, int]]]:
     """``{(arm, sparsity): {metric: (mean, std, n_seeds)}}``."""
     keys = dict.fromkeys((r.arm, r.sparsity) for r in results)
     return {
         key: {
             m: mean_std([r.metrics[m] for r in results if (r.arm, r.sparsity) == key])
-            for m in METRICS
+            for m in metrics
         }
         for key in keys
     }
@@ -659,22 +665,30 @@ def markdown_report(
     return "\n".join(lines) + "\n"
 
 
-def plot(results: list[RunResult], target_l0: float, true_l0: float, out_dir: Path) -> list[Path]:
-    """Absorption vs L0 and EV vs L0: one line per arm through its sweep (sparsity
-    setting ascending), means over seeds with std error bars on both axes."""
+PLOTS = (
+    ("absorption", "absorption rate (lower is better)", "absorption_vs_l0.png"),
+    ("explained_variance", "explained variance", "ev_vs_l0.png"),
+)
+"""(metric, y label, file name) of each plot of :func:`plot`."""
+
+
+def plot(
+    results: list[RunResult], target_l0: float, true_l0: float | None, out_dir: Path,
+    plots: Sequence[tuple[str, str, str]] = PLOTS, metrics: Sequence[str] = METRICS,
+) -> list[Path]:
+    """Absorption vs L0 and EV vs L0 (or ``plots``): one line per arm through its sweep
+    (sparsity setting ascending), means over seeds with std error bars on both axes;
+    ``true_l0`` None draws no true-L0 line."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    settings = per_setting_summary(results)
+    settings = per_setting_summary(results, metrics)
     arms = list(dict.fromkeys(r.arm for r in results))
     palette = matplotlib.colormaps["tab20"]
     paths = []
-    for metric, label, filename in (
-        ("absorption", "absorption rate (lower is better)", "absorption_vs_l0.png"),
-        ("explained_variance", "explained variance", "ev_vs_l0.png"),
-    ):
+    for metric, label, filename in plots:
         fig, ax = plt.subplots(figsize=(8, 5.5))
         for i, arm in enumerate(arms):
             sweep = [stats for (a, _), stats in sorted(settings.items()) if a == arm]
@@ -685,7 +699,8 @@ def plot(results: list[RunResult], target_l0: float, true_l0: float, out_dir: Pa
                 capsize=2, label=arm, linestyle="--" if arm.startswith("oc") else "-",
             )
         ax.axvline(target_l0, color="black", linestyle=":", label=f"matched L0 {target_l0:.2f}")
-        ax.axvline(true_l0, color="grey", linestyle="-.", label=f"true L0 {true_l0:.2f}")
+        if true_l0 is not None:
+            ax.axvline(true_l0, color="grey", linestyle="-.", label=f"true L0 {true_l0:.2f}")
         ax.set_xlabel("L0 (mean active latents)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)

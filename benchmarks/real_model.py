@@ -1,0 +1,856 @@
+"""SAELens's architectures against ``ortho_contrastive`` on a real language model:
+SAEBench first-letter absorption, reconstruction and CE-loss recovered, at matched L0.
+
+    python -m benchmarks.real_model --quick          # one sparsity setting per arm (~20 min, 2 cores)
+    python -m benchmarks.real_model                  # the full grid (~2 h of CPU), resumable
+    python -m benchmarks.real_model --device cuda --preset gpu   # bigger SAEs, full vocabulary
+    python -m benchmarks.real_model --from-runs      # re-tabulate the saved runs, train nothing
+    python -m benchmarks.real_model --help
+
+Every arm (an architecture with fixed settings, one line of :data:`ARMS`) is trained at
+2-3 sparsity settings (``l1_coefficient`` or ``k``) on the *same* cached activations of
+SmolLM2-135M-Instruct (SAELens's own activation cache, position 0 excluded), with the
+same token budget, batch, learning rate and seed, replayed in the same order to every
+run. Each SAE is then converted to its plugin-free inference form (what users load) and
+scored with
+
+* SAEBench's first-letter absorption (``orthosae_plugin.evals.absorption
+  .run_absorption_eval``: mean absorption fraction, full-absorption rate, split features,
+  and the alarm's verdict, recorded as the eval gives it);
+* SAELens's evals on held-out text (L0, explained variance, CE-loss recovered);
+* dead latents as SAELens's trainer counts them at the end of training (no firing in the
+  last ``dead_feature_window`` steps), and the training time.
+
+Arms are compared at matched L0: every metric is linearly interpolated along the arm's
+sweep to ``--target-l0`` (``benchmarks.synthetic_absorption.interpolate_at``: never
+extrapolated; n/a when the sweep does not reach it). ``--quick`` trains one setting per
+arm, so L0 is *not* matched there: its table is per run, and says so.
+
+Resumable: every finished run is written at once to ``runs/<preset>/<arm>__<setting>.json``
+under ``--out`` and skipped on restart when its settings match, so the full grid can be
+completed across sittings (``--quick``'s runs are the full grid's middle settings and are
+reused by it). ``results.json`` (every run + the matched-L0 summary), ``table.md`` and
+``absorption_vs_l0.png``, ``ev_vs_l0.png`` are rewritten after each run.
+
+To add an arm, append one line to :data:`ARMS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import shlex
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+from sae_lens import SAE
+from sae_lens.config import LoggingConfig, SAETrainerConfig
+from sae_lens.registry import get_sae_training_class
+from sae_lens.saes.sae import SAEMetadata, TrainingSAE
+from sae_lens.training.sae_trainer import SAETrainer
+from transformer_lens import HookedTransformer
+
+import orthosae_plugin  # noqa: F401  (registers ortho_contrastive)
+from benchmarks.synthetic_absorption import (
+    _quiet_saelens_progress,
+    matched_l0_summary,
+    matryoshka_widths,
+    per_setting_summary,
+    plot,
+)
+from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
+from orthosae_plugin.evals.absorption import AbsorptionEvalError, get_alarm, run_absorption_eval
+
+DEFAULT_OUT = Path(__file__).parent / "results" / "real_model"
+OC = "ortho_contrastive"
+
+# --- the arms ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One architecture with fixed settings, swept over one sparsity field."""
+
+    name: str
+    """Label in the tables and plots; also names the run files."""
+    architecture: str
+    """SAELens training-registry name."""
+    sparsity_field: str
+    """'l1_coefficient' (ReLU+L1 bases) or 'k' (TopK-family bases)."""
+    sparsity_values: tuple[float, ...]
+    """The full grid, in sweep order; ``--quick`` trains only ``sparsity_values[quick_index]``."""
+    sae_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Other config fields of the architecture."""
+    quick_index: int = 1
+    """The setting ``--quick`` trains (chosen to land near the default matched L0)."""
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^\w.\-]+", "_", self.name).strip("_")
+
+
+L1_STANDARD = (3.0, 5.0, 8.0)
+"""``standard``'s l1_coefficient grid. DESIGN §6 (600k tokens, batch 1024): l1 5 -> L0 40."""
+L1_OC = (1.5, 3.0, 5.0)
+"""``ortho_contrastive`` (ReLU+L1 base) grid: the extra terms lower L0 at a given l1
+(DESIGN §6: l1 2 -> L0 57, l1 5 -> L0 18), so its grid sits lower to bracket the same L0."""
+K_GRID = (20.0, 32.0, 48.0)
+"""k of the TopK-family arms (L0 = k in training; BatchTopK saves a JumpReLU whose L0 is close)."""
+
+
+def _matryoshka_base_accepted() -> bool:
+    """Whether this version of ``ortho_contrastive`` accepts a Matryoshka BatchTopK base
+    (issue 13 adds it)."""
+    widths = ({"matryoshka_widths": [16, 64]}
+              if "matryoshka_widths" in {f.name for f in dataclasses.fields(OrthoContrastiveTrainingSAEConfig)} else {})
+    try:
+        OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=64, sparsity_base="matryoshka_batchtopk", k=4, **widths)
+    except (ValueError, TypeError):
+        return False
+    return True
+
+
+ARMS: list[Arm] = [
+    Arm("standard", "standard", "l1_coefficient", L1_STANDARD),
+    Arm("topk", "topk", "k", K_GRID),
+    Arm("batchtopk", "batchtopk", "k", K_GRID),
+    Arm("matryoshka_batchtopk", "matryoshka_batchtopk", "k", K_GRID),
+    Arm("oc relu: ortho only", OC, "l1_coefficient", L1_OC, {"contrastive_coefficient": 0.0}),
+    Arm("oc relu: contrastive only", OC, "l1_coefficient", L1_OC, {"ortho_coefficient": 0.0}),
+    Arm("oc relu: both", OC, "l1_coefficient", L1_OC),
+    Arm("oc batchtopk: ortho only", OC, "k", K_GRID, {"sparsity_base": "batchtopk", "contrastive_coefficient": 0.0}),
+    Arm("oc batchtopk: contrastive only", OC, "k", K_GRID, {"sparsity_base": "batchtopk", "ortho_coefficient": 0.0}),
+    Arm("oc batchtopk: both", OC, "k", K_GRID, {"sparsity_base": "batchtopk"}),
+    # Matryoshka base (issue 13): trained once ortho_contrastive accepts it.
+    *([Arm("oc matryoshka: both", OC, "k", K_GRID, {"sparsity_base": "matryoshka_batchtopk"})]
+      if _matryoshka_base_accepted() else []),
+]
+"""The comparison; one line per arm."""
+
+HEADLINE_ARMS = ("oc relu: both", "oc batchtopk: both")
+
+
+# --- sizes ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What every run shares: the activations, the SAE size and the training budget."""
+
+    layer: int = 15
+    """SAEs read ``blocks.{layer}.hook_resid_post`` (DESIGN §6's measurements are at 15)."""
+    d_sae: int = 2304
+    """Latents (4 x SmolLM2's d_model 576)."""
+    training_tokens: int = 614_400
+    """Tokens per SAE: 1024 steps of 600 (the absorption alarm wants >= 1000 steps).
+    Measured at 204,800 tokens (1024 steps of 200; the committed --quick run): no arm
+    learned first-letter latents and the alarm flagged all 10 runs, while DESIGN §6's
+    600k-token ``standard`` SAE was trusted; hence ~600k. Measured in that run (2 threads,
+    CPU shared with other jobs): training 32 s (``standard``), 45-68 s (TopK family), 566 s
+    (``ortho_contrastive`` with the ortho term: ~0.55 s a step, its exact fallback at
+    d_sae 2304, whatever the batch); evals 50-250 s a run; caching 227k activations 13 min.
+    At 614,400 tokens expect ~3x the SAE step but the same ortho cost: --quick ~1.5 h and
+    the full grid ~4.5 h on this shared machine, over the issue's budget (20 min / ~2 h of
+    CPU), set by the ortho term's cost (issue 12) at this width. Not yet run."""
+    batch_size: int = 600
+    lr: float = 1e-3
+    lr_decay_fraction: float = 0.2
+    """Share of the steps over which the learning rate decays linearly to 0."""
+    context_size: int = 128
+    """Tokens per cached sequence (position 0 is left out: 127 activations each)."""
+    dead_feature_window: int = 200
+    """Steps without firing after which SAELens counts a latent dead (and TopK revives it)."""
+    contrastive_warm_up_steps: int = 300
+    """``ortho_contrastive``'s warm-up, scaled to the run (its default 1000 is the whole run here)."""
+    heldout_tokens: int = 4096
+    """Held-out tokens for SAELens's evals (L0, explained variance, CE-loss recovered); its
+    CE-loss eval runs three full forward passes per batch (~20 s here at 4096 tokens)."""
+    words_per_letter: int | None = 100
+    """SAEBench absorption: seeded subsample of words per first letter (None: SAEBench's
+    full vocabulary, ~4M tokens of forward passes on SmolLM2: GPU only)."""
+    absorption_max_k: int = 10
+    """SAEBench's max_k_value (its default: 10)."""
+    max_norm_ratio: float = 8.0
+    """Activations with a norm above this many times the median are left out of training
+    and of the held-out evals. SmolLM2 makes a few massive-activation tokens besides
+    position 0 (attention sinks; measured at layer 15: 0.12% of the cached tokens, all at
+    the first kept position, norms ~1,700-24,000 against a median of 166, holding 94% of
+    the variance), which would otherwise own the MSE and the explained variance."""
+    seed: int = 0
+    device: str = "cpu"
+
+    @property
+    def steps(self) -> int:
+        return self.training_tokens // self.batch_size
+
+    def key(self) -> str:
+        """Fingerprint of everything a run depends on except its arm and setting."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+PRESETS: dict[str, BenchConfig] = {
+    "cpu": BenchConfig(),
+    # A dry run of the machinery on the planted toy model (--source planted): seconds a run.
+    "tiny": BenchConfig(d_sae=256, training_tokens=16_384, batch_size=256, heldout_tokens=2048,
+                        words_per_letter=None, absorption_max_k=3, dead_feature_window=20,
+                        contrastive_warm_up_steps=10),
+    # For a GPU: 16x latents, nearly the whole training split of the corpus (1.95M tokens
+    # after position 0), SAEBench's full vocabulary. Not measured here (no GPU was at hand).
+    "gpu": BenchConfig(d_sae=9216, training_tokens=1_843_200, batch_size=1024, heldout_tokens=65_536,
+                       words_per_letter=None, dead_feature_window=500, device="cuda"),
+}
+
+
+# --- where the activations come from -------------------------------------------------
+
+
+class Source(Protocol):
+    """A model, a hook, training activations and held-out tokens."""
+
+    model: HookedTransformer
+    hook_name: str
+    description: str
+
+    def train_activations(self, n_tokens: int) -> torch.Tensor:
+        """``(n_tokens, d_in)`` float32 training activations (CPU), in a fixed order."""
+        ...
+
+    def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rows, context)`` held-out token ids and a ``(rows, context)`` bool mask of the
+        positions an SAE is evaluated on."""
+        ...
+
+
+class SmolLM2Source:
+    """SmolLM2-135M-Instruct (4-bit, dequantized) on the English corpus, through
+    ``orthosae_plugin.smollm`` and ``orthosae_plugin.activations`` (issue 9 items 1-3)."""
+
+    def __init__(self, bench: BenchConfig):
+        from orthosae_plugin import activations, smollm
+
+        self._activations = activations
+        self.bench = bench
+        self.hook_name = f"blocks.{bench.layer}.hook_resid_post"
+        self.model = smollm.load_smollm2(device=bench.device)
+        self.description = (
+            f"SmolLM2-135M-Instruct (Q4_1 GGUF dequantized to float32, `{smollm.SMOLLM2_MODEL_NAME}`), "
+            f"`{self.hook_name}`, English corpus (Austen + World English Bible, Debian), context "
+            f"{bench.context_size}, position 0 excluded")
+
+    def train_activations(self, n_tokens: int) -> torch.Tensor:
+        from datasets import load_from_disk
+
+        path = self._activations.cached_activations(self.hook_name, n_tokens, context_size=self.bench.context_size,
+                                                    model=self.model)
+        acts = load_from_disk(str(path)).with_format("torch")[self.hook_name]  # (rows, context - 1, d_in)
+        acts_ND = acts.reshape(-1, acts.shape[-1]).float()
+        if len(acts_ND) < n_tokens:
+            raise ValueError(f"the activation cache {path} holds {len(acts_ND)} tokens, fewer than {n_tokens}")
+        return acts_ND[:n_tokens]
+
+    def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        from orthosae_plugin.corpus import english_corpus
+
+        rows = english_corpus(self.model.tokenizer, context_size=self.bench.context_size, split="heldout",
+                              max_tokens=n_tokens)
+        tokens_NS = torch.tensor(rows["input_ids"][: max(1, n_tokens // self.bench.context_size)])
+        keep_NS = torch.ones_like(tokens_NS, dtype=torch.bool)
+        keep_NS[:, 0] = False  # position 0 (<|endoftext|>, the attention sink), as in training
+        return tokens_NS, keep_NS
+
+
+class PlantedSource:
+    """The planted first-letter model (``orthosae_plugin.evals.planted``) on random word
+    sequences: the benchmark's machinery at toy size, for tests and dry runs."""
+
+    def __init__(self, bench: BenchConfig, context_size: int = 16):
+        from orthosae_plugin.evals.planted import PlantedModelConfig, build_planted_model
+
+        self.planted = build_planted_model(PlantedModelConfig(seed=bench.seed))
+        self.model = self.planted.model
+        self.hook_name = self.planted.hook_name
+        self.context_size = context_size
+        self.description = f"planted first-letter model (toy), `{self.hook_name}`, random word sequences"
+
+    def _tokens(self, n_tokens: int, seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        n_seq = -(-n_tokens // self.context_size)
+        return torch.randint(self.model.cfg.d_vocab, (n_seq, self.context_size), generator=generator)
+
+    @torch.no_grad()
+    def train_activations(self, n_tokens: int) -> torch.Tensor:
+        tokens_NS = self._tokens(n_tokens, seed=1)
+        _, cache = self.model.run_with_cache(tokens_NS, names_filter=self.hook_name)
+        return cache[self.hook_name].reshape(-1, self.model.cfg.d_model).float()[:n_tokens]
+
+    def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens_NS = self._tokens(n_tokens, seed=2)
+        return tokens_NS, torch.ones_like(tokens_NS, dtype=torch.bool)
+
+
+class HeldoutEval:
+    """L0, explained variance and CE-loss recovered on held-out tokens, with SAELens's
+    definitions (``sae_lens.evals``: ``ce_loss_score = (CE zero-ablated - CE with SAE) /
+    (CE zero-ablated - CE clean)``, explained variance over the evaluated positions),
+    restricted to the positions the SAE is evaluated on: the source's mask minus
+    massive-activation tokens (norm above ``max_norm_ratio`` x the median: the attention
+    sinks the SAE is not trained on). Elsewhere the model runs on its own activations,
+    as SAELens does for its ``exclude_special_tokens``. The clean and zero-ablated passes do
+    not depend on the SAE and are run once; each SAE costs one forward from its layer on."""
+
+    def __init__(self, source: Source, n_tokens: int, max_norm: float, batch_rows: int = 8):
+        self.model, self.hook_name = source.model, source.hook_name
+        self.layer = int(self.hook_name.split(".")[1])
+        self.tokens_NS, keep_NS = source.heldout_tokens(n_tokens)
+        self.batches = [b.to(self.model.cfg.device) for b in self.tokens_NS.split(batch_rows)]
+        acts, clean, zero, masks = [], [], [], []
+        with torch.no_grad():
+            for tokens, keep in zip(self.batches, keep_NS.split(batch_rows)):
+                loss, cache = self.model.run_with_cache(tokens, return_type="loss", loss_per_token=True,
+                                                        names_filter=self.hook_name)
+                act = cache[self.hook_name]
+                mask = keep.to(act.device) & (act.norm(dim=-1) <= max_norm)
+                acts.append(act), clean.append(loss), masks.append(mask)
+                zero.append(self._loss_from(torch.where(mask[..., None], 0.0, act), tokens))
+        self.acts, self.masks = acts, masks
+        self.clean = torch.cat([c.flatten() for c in clean]).mean().item()
+        self.zero = torch.cat([z.flatten() for z in zero]).mean().item()
+        self.n_excluded_sinks = int(sum((k.to(m.device) & ~m).sum() for k, m in zip(keep_NS.split(batch_rows), masks)))
+        self.n_evaluated = int(sum(m.sum() for m in masks))
+
+    def _loss_from(self, resid: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        return self.model(resid, start_at_layer=self.layer + 1, tokens=tokens, return_type="loss",
+                          loss_per_token=True)
+
+    @torch.no_grad()
+    def __call__(self, sae: SAE) -> dict[str, float]:
+        recons, sq_err, total_var, l0 = [], 0.0, 0.0, 0.0
+        kept = torch.cat([a[m] for a, m in zip(self.acts, self.masks)])
+        mean_D = kept.mean(0)
+        for tokens, act, mask in zip(self.batches, self.acts, self.masks):
+            feats = sae.encode(act)
+            out = sae.decode(feats)
+            recons.append(self._loss_from(torch.where(mask[..., None], out.to(act.dtype), act), tokens).flatten())
+            sq_err += (out - act)[mask].pow(2).sum().item()
+            total_var += (act[mask] - mean_D).pow(2).sum().item()
+            l0 += (feats[mask] > 0).sum().item()
+        with_sae = torch.cat(recons).mean().item()
+        return {
+            "l0": l0 / self.n_evaluated,
+            "explained_variance": 1 - sq_err / total_var,
+            "ce_loss_recovered": (self.zero - with_sae) / (self.zero - self.clean),
+            "ce_loss_clean": self.clean, "ce_loss_with_sae": with_sae, "ce_loss_zero_ablation": self.zero,
+        }
+
+
+# --- one run -------------------------------------------------------------------------
+
+METRICS = ("absorption", "full_absorption", "split_features", "explained_variance", "l0",
+           "ce_loss_recovered", "dead_latents", "train_seconds")
+"""Recorded per run, interpolated to matched L0 and tabulated, in table order."""
+
+
+@dataclass
+class RunResult:
+    arm: str
+    architecture: str
+    sparsity_field: str
+    sparsity: float
+    seed: int
+    metrics: dict[str, float]
+    alarm: dict[str, Any]
+    """``trustworthy``, ``reasons`` and ``notes`` of the absorption alarm, as the eval
+    gave them, and the ``vocabulary`` it probed."""
+    absorption_letters: dict[str, dict[str, float]]
+    eval_seconds: float
+    bench_key: str
+    sae_config: dict[str, Any]
+    data_version: str = ""
+    """The activations' provenance (:func:`data_version`); a saved run of another is retrained."""
+
+
+def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int, source: Source) -> Any:
+    kwargs: dict[str, Any] = {**arm.sae_kwargs, arm.sparsity_field: sparsity}
+    if arm.sparsity_field == "k":
+        kwargs["k"] = int(sparsity)
+    _, cfg_cls = get_sae_training_class(arm.architecture)
+    names = {f.name for f in dataclasses.fields(cfg_cls)}
+    if "matryoshka_widths" in names and "matryoshka" in (arm.architecture + str(kwargs.get("sparsity_base"))):
+        kwargs.setdefault("matryoshka_widths", matryoshka_widths(bench.d_sae))
+    if arm.architecture == OC:
+        kwargs.setdefault("contrastive_warm_up_steps", bench.contrastive_warm_up_steps)
+        kwargs.setdefault("ortho_anneal_steps", bench.steps)
+    return cfg_cls(
+        d_in=d_in, d_sae=bench.d_sae, normalize_activations="expected_average_only_in",
+        metadata=SAEMetadata(model_name=source.model.cfg.model_name, hook_name=source.hook_name),
+        **kwargs,
+    )
+
+
+def _batches(acts_ND: torch.Tensor, batch: int, device: str):
+    """Endless batches: the activations in order, then again (SAELens's norm estimate
+    reads a few before training starts)."""
+    while True:
+        for chunk in acts_ND.split(batch):
+            if len(chunk) == batch:
+                yield chunk.to(device)
+
+
+def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source,
+          acts_ND: torch.Tensor) -> tuple[TrainingSAE, float, int]:
+    """Train one SAE through SAELens's trainer on ``acts_ND``; returns it, the fraction
+    of latents SAELens counts dead at the end, and the steps trained."""
+    cfg = sae_config(arm, sparsity, bench, acts_ND.shape[1], source)
+    sae_cls, _ = get_sae_training_class(arm.architecture)
+    torch.manual_seed(bench.seed)
+    sae = sae_cls(cfg)
+    trainer_cfg = SAETrainerConfig(
+        total_training_samples=bench.steps * bench.batch_size,
+        train_batch_size_samples=bench.batch_size,
+        lr=bench.lr,
+        lr_end=bench.lr / 10,  # as SAELens's runner config fills it (unused by the constant schedule)
+        lr_decay_steps=int(bench.lr_decay_fraction * bench.steps),
+        device=bench.device,
+        dead_feature_window=bench.dead_feature_window,
+        feature_sampling_window=max(bench.steps // 4, 1),
+        n_batches_for_norm_estimate=min(100, bench.steps),
+        logger=LoggingConfig(log_to_wandb=False),
+    )
+    trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(acts_ND, bench.batch_size, bench.device))
+    with _quiet_saelens_progress():
+        sae = trainer.fit()
+    dead = (trainer.n_forward_passes_since_fired > bench.dead_feature_window).float().mean().item()
+    return sae, dead, trainer.n_training_steps
+
+
+def inference_sae(sae: TrainingSAE, device: str) -> SAE:
+    """The plugin-free SAE users load (BatchTopK saves a JumpReLU, ortho_contrastive a
+    standard SAE): saved with SAELens's own ``save_inference_model`` and loaded back."""
+    with tempfile.TemporaryDirectory() as folder:
+        sae.save_inference_model(folder)
+        return SAE.load_from_disk(folder, device=device)
+
+
+def absorption_config(bench: BenchConfig) -> tuple[AbsorptionEvalConfig, dict[str, Any]]:
+    """SAEBench's config, and the keyword arguments this eval version supports."""
+    config = AbsorptionEvalConfig(max_k_value=bench.absorption_max_k)
+    kwargs: dict[str, Any] = {}
+    if bench.words_per_letter is not None:
+        if "words_per_letter" not in inspect.signature(run_absorption_eval).parameters:
+            raise RuntimeError(
+                f"words_per_letter={bench.words_per_letter} needs run_absorption_eval's "
+                "words_per_letter (issue 9 item 6); this version lacks it")
+        kwargs["words_per_letter"] = bench.words_per_letter
+    return config, kwargs
+
+
+def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_ND: torch.Tensor,
+            heldout: HeldoutEval, work_dir: Path) -> RunResult:
+    start = time.perf_counter()
+    training_sae, dead, steps = train(arm, sparsity, bench, source, acts_ND)
+    train_seconds = time.perf_counter() - start
+    sae = inference_sae(training_sae, bench.device)
+    del training_sae
+    start = time.perf_counter()
+    held = heldout(sae)
+    config, kwargs = absorption_config(bench)
+    name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
+    try:
+        output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
+                                     training_steps=steps, show_progress=False, **kwargs)
+    except AbsorptionEvalError as error:  # nothing scorable: kept as a run with no absorption
+        output, failure = None, str(error)
+    if output is not None:
+        alarm = get_alarm(output)
+        mean = output.eval_result_metrics.mean
+        scores = (mean.mean_absorption_fraction_score, mean.mean_full_absorption_score,
+                  mean.mean_num_split_features)
+        verdict_ = {"trustworthy": alarm.trustworthy, "reasons": list(alarm.reasons), "notes": list(alarm.notes),
+                    "vocabulary": (output.eval_result_unstructured or {}).get("orthosae_vocabulary")}
+        letters = {d.first_letter: {"absorption": d.mean_absorption_fraction, "full_absorption": d.full_absorption_rate,
+                                    "split_features": d.num_split_features} for d in output.eval_result_details}
+    else:
+        scores = (math.nan, math.nan, math.nan)
+        verdict_ = {"trustworthy": False, "reasons": [f"the eval failed: {failure}"], "notes": [], "vocabulary": None}
+        letters = {}
+    metrics = {
+        "absorption": scores[0],
+        "full_absorption": scores[1],
+        "split_features": scores[2],
+        **held,
+        "dead_latents": dead,
+        "train_seconds": train_seconds,
+    }
+    return RunResult(
+        arm=arm.name, architecture=arm.architecture, sparsity_field=arm.sparsity_field,
+        sparsity=sparsity, seed=bench.seed, metrics=metrics,
+        alarm=verdict_,
+        absorption_letters=letters,
+        eval_seconds=time.perf_counter() - start,
+        bench_key=bench.key(),
+        sae_config=sae.cfg.to_dict(),
+    )
+
+
+# --- the grid, resumable -------------------------------------------------------------
+
+
+def data_version(source_name: str) -> str:
+    """What the training text looks like, for SmolLM2: the corpus module's text and row
+    layout versions (a new layout means new activations: saved runs are not reused)."""
+    if source_name != "smollm2":
+        return source_name
+    from orthosae_plugin import corpus
+
+    return f"corpus text v{corpus._TEXT_VERSION}, rows v{corpus._ROWS_VERSION}"
+
+
+def run_path(runs_dir: Path, arm: Arm, sparsity: float) -> Path:
+    return runs_dir / f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}.json"
+
+
+def load_run(path: Path) -> RunResult:
+    return RunResult(**json.loads(path.read_text()))
+
+
+def planned(arms: Sequence[Arm], quick: bool) -> list[tuple[Arm, float]]:
+    return [(arm, value) for arm in arms
+            for value in ((arm.sparsity_values[arm.quick_index],) if quick else arm.sparsity_values)]
+
+
+def run_grid(
+    bench: BenchConfig, arms: Sequence[Arm], quick: bool, runs_dir: Path, work_dir: Path,
+    make_source: Callable[[BenchConfig], Source], on_run: Callable[[list[RunResult]], None] | None = None,
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
+    data: str = "",
+) -> list[RunResult]:
+    """Train and evaluate every planned (arm, setting); a saved run with the same
+    settings is loaded instead. ``on_run`` gets the results so far after each new run."""
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    results: list[RunResult] = []
+    todo: list[tuple[Arm, float]] = []
+    for arm, value in planned(arms, quick):
+        path = run_path(runs_dir, arm, value)
+        if path.exists():
+            saved = load_run(path)
+            if (saved.bench_key, saved.data_version) == (bench.key(), data):
+                results.append(saved)
+                continue
+            log(f"{path.name}: saved with other settings or data ({saved.bench_key}, {saved.data_version!r} != "
+                f"{bench.key()}, {data!r}); retraining")
+        todo.append((arm, value))
+    log(f"{len(results)} run(s) already saved in {runs_dir}, {len(todo)} to train")
+    if not todo:
+        return results
+    source = make_source(bench)
+    start = time.perf_counter()
+    acts_ND = source.train_activations(bench.training_tokens)
+    norms_N = acts_ND.norm(dim=-1)
+    max_norm = bench.max_norm_ratio * norms_N.median().item()
+    sinks = norms_N > max_norm
+    acts_ND = acts_ND[~sinks]
+    acts_ND = acts_ND[torch.randperm(len(acts_ND), generator=torch.Generator().manual_seed(bench.seed))]
+    # The budget stays bench.training_tokens: the stream wraps around the few tokens dropped.
+    log(f"{len(acts_ND):,} training activations of {source.hook_name} ready in {time.perf_counter() - start:.0f} s; "
+        f"{int(sinks.sum())} massive-activation tokens (norm > {max_norm:.0f}, {bench.max_norm_ratio:g} x the "
+        f"median) left out")
+    start = time.perf_counter()
+    heldout = HeldoutEval(source, bench.heldout_tokens, max_norm)
+    log(f"held-out eval ready in {time.perf_counter() - start:.0f} s: {heldout.n_evaluated:,} positions, "
+        f"{heldout.n_excluded_sinks} massive-activation tokens left out; CE clean {heldout.clean:.3f}, "
+        f"zero-ablated {heldout.zero:.3f}")
+    for i, (arm, value) in enumerate(todo, 1):
+        start = time.perf_counter()
+        result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir)
+        result.data_version = data
+        run_path(runs_dir, arm, value).write_text(json.dumps(asdict(result), indent=1))
+        results.append(result)
+        m = result.metrics
+        log(f"[{i}/{len(todo)}] {arm.name} {arm.sparsity_field}={value:g}: L0 {m['l0']:.1f}, EV "
+            f"{m['explained_variance']:.3f}, absorption {m['absorption']:.3f} "
+            f"({'trusted' if result.alarm['trustworthy'] else 'ALARM'}), CE rec {m['ce_loss_recovered']:.3f}, "
+            f"dead {m['dead_latents']:.1%}; train {m['train_seconds']:.0f} s, eval {result.eval_seconds:.0f} s, "
+            f"total {time.perf_counter() - start:.0f} s")
+        if on_run is not None:
+            on_run(results)
+    return results
+
+
+# --- summary -------------------------------------------------------------------------
+
+
+def ordered(results: list[RunResult], arms: Sequence[Arm]) -> list[RunResult]:
+    """Runs in arm order, each arm's in sweep order (what the interpolation expects)."""
+    rank = {(a.name, v): (i, j) for i, a in enumerate(arms) for j, v in enumerate(a.sparsity_values)}
+    return sorted(results, key=lambda r: rank.get((r.arm, r.sparsity), (len(arms), r.sparsity)))
+
+
+def verdict(results: list[RunResult], target_l0: float, arms: Sequence[Arm]) -> list[str]:
+    """Which arm absorbs least, and by how much: at matched L0 when two or more arms
+    reach it, else (quick) per run with L0 unmatched, said plainly."""
+    matched = matched_l0_summary(results, target_l0, METRICS)
+    reached = {arm: s for arm, s in matched.items() if s["absorption"][2] > 0}
+    lines = []
+    if len(reached) >= 2:
+        ranked = sorted(reached, key=lambda a: reached[a]["absorption"][0])
+        best, second = ranked[0], ranked[1]
+        b, s = reached[best]["absorption"][0], reached[second]["absorption"][0]
+        lines.append(
+            f"**Lowest absorption at matched L0 = {target_l0:g}: `{best}`, {b:.3f}**, against "
+            f"{s:.3f} for the runner-up `{second}` ({b - s:+.3f}, {_rel(b, s)}); EV "
+            f"{reached[best]['explained_variance'][0]:.3f} vs {reached[second]['explained_variance'][0]:.3f}, "
+            f"CE-loss recovered {reached[best]['ce_loss_recovered'][0]:.3f} vs "
+            f"{reached[second]['ce_loss_recovered'][0]:.3f}.")
+        for ref in ("standard", *HEADLINE_ARMS):
+            if ref in reached and ref != best:
+                r = reached[ref]["absorption"][0]
+                lines.append(f"- `{best}` vs `{ref}`: {b:.3f} vs {r:.3f} ({b - r:+.3f}, {_rel(b, r)}).")
+        oc = [a for a in ranked if a.startswith("oc ")]
+        if oc and not best.startswith("oc "):
+            lines.append(f"- `ortho_contrastive` does not win: its best arm here, `{oc[0]}`, is "
+                         f"#{ranked.index(oc[0]) + 1} of {len(ranked)} ({reached[oc[0]]['absorption'][0]:.3f}).")
+        missing = [a.name for a in arms if a.name in matched and a.name not in reached]
+        if missing:
+            lines.append(f"- Not reaching L0 {target_l0:g} (no interpolation possible): {', '.join(missing)}.")
+    else:
+        trusted = [r for r in results if r.alarm["trustworthy"]]
+        pool = trusted or results
+        ranked_runs = sorted(pool, key=lambda r: r.metrics["absorption"])
+        if ranked_runs:
+            best_run = ranked_runs[0]
+            lines.append(
+                f"**L0 is not matched** (fewer than two arms' sweeps reach L0 {target_l0:g}; "
+                f"--quick trains one setting per arm): lowest absorption among "
+                f"{'runs the alarm trusts' if trusted else 'all runs (the alarm trusts none)'}: `{best_run.arm}` "
+                f"({best_run.sparsity_field}={best_run.sparsity:g}) {best_run.metrics['absorption']:.3f} at L0 "
+                f"{best_run.metrics['l0']:.1f}. Absorption falls and rises with L0, so this ranking is not a result.")
+    flagged = [r for r in results if not r.alarm["trustworthy"]]
+    if flagged:
+        lines.append(f"- The absorption alarm flagged {len(flagged)} of {len(results)} runs (reasons in "
+                     "`results.json`); their absorption numbers are shown but not to be quoted.")
+    return lines
+
+
+def _rel(value: float, ref: float) -> str:
+    return f"{(value - ref) / ref:+.0%} relative" if ref > 0 else "reference 0"
+
+
+COLUMNS = (
+    ("absorption", "absorption ↓", 3), ("full_absorption", "full abs. ↓", 3),
+    ("split_features", "split", 2), ("explained_variance", "EV ↑", 3), ("l0", "L0", 1),
+    ("ce_loss_recovered", "CE rec ↑", 3), ("dead_latents", "dead", 3), ("train_seconds", "train s", 0),
+)
+
+
+def _cell(value: float, digits: int) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
+             meta: dict[str, Any]) -> str:
+    matched = matched_l0_summary(results, target_l0, METRICS)
+    header = " | ".join(title for _, title, _ in COLUMNS)
+    lines = [
+        "# SAE architectures on SmolLM2-135M: absorption at matched L0" if meta.get("real", True)
+        else "# SAE architectures on a toy model (machinery check only)",
+        "",
+        f"Model and data: {meta['source']}.  ",
+        f"Every SAE: d_sae {bench.d_sae}, {bench.training_tokens:,} tokens ({bench.steps} steps of "
+        f"{bench.batch_size}), lr {bench.lr:g} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
+        f"`expected_average_only_in` normalisation, seed {bench.seed} (one seed: no error bars); "
+        f"`ortho_contrastive` at its defaults except `contrastive_warm_up_steps` "
+        f"{bench.contrastive_warm_up_steps}.  ",
+        f"Absorption: SAEBench first letter, "
+        f"{'all alphabetic tokens' if bench.words_per_letter is None else f'{bench.words_per_letter} words per letter (seeded)'}"
+        f", max k {bench.absorption_max_k}. EV, L0, CE-loss recovered: SAELens's definitions (`HeldoutEval`) on "
+        f"{bench.heldout_tokens:,} held-out tokens. dead: share of latents SAELens's trainer counts "
+        f"dead at the end (no firing in {bench.dead_feature_window} steps).  ",
+        f"Data: {', '.join(sorted({r.data_version or 'unrecorded' for r in results}))}.  ",
+        f"Command: `{meta['command']}`; machine: {meta['machine']}; {len(results)} runs; "
+        f"training + evals summed over the runs {sum(r.metrics['train_seconds'] + r.eval_seconds for r in results) / 60:.1f} min; "
+        f"wall time of the last invocation {meta['wall_seconds'] / 60:.1f} min (model load and activations "
+        "included; runs resumed from disk cost nothing).",
+        "",
+        "## Verdict",
+        "",
+        *verdict(results, target_l0, arms),
+        "",
+        f"## At matched L0 = {target_l0:g}",
+        "",
+    ]
+    if any(stats["l0"][2] for stats in matched.values()):
+        lines += [
+            "Interpolated along each arm's sweep (never extrapolated); n/a: the sweep does not reach this L0.",
+            "",
+            f"| arm | {header} |",
+            "|" + "---|" * (len(COLUMNS) + 1),
+        ]
+        for arm, stats in matched.items():
+            lines.append(f"| {arm} | " + " | ".join(_cell(stats[m][0], d) for m, _, d in COLUMNS) + " |")
+    else:
+        lines.append("No arm's sweep reaches this L0 (with `--quick`, one setting per arm, none can): "
+                     "compare the runs below only with their L0 in view.")
+    lines += ["", "## Every run", "", f"| arm | setting | {header} | alarm |",
+              "|" + "---|" * (len(COLUMNS) + 3)]
+    for r in results:
+        alarm = "trusted" if r.alarm["trustworthy"] else "FLAGGED"
+        lines.append(f"| {r.arm} | {r.sparsity_field}={r.sparsity:g} | "
+                     + " | ".join(_cell(r.metrics[m], d) for m, _, d in COLUMNS) + f" | {alarm} |")
+    reasons = sorted({reason for r in results for reason in r.alarm["reasons"]})
+    if reasons:
+        lines += ["", "Alarm reasons seen:", "", *[f"- {reason}" for reason in reasons]]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
+                  out_dir: Path, meta: dict[str, Any]) -> dict[str, Path]:
+    results = ordered(results, arms)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out_dir / "results.json", "table": out_dir / "table.md"}
+    paths["json"].write_text(json.dumps({
+        "benchmark": asdict(bench), "bench_key": bench.key(), "target_l0": target_l0, "meta": meta,
+        "verdict": verdict(results, target_l0, arms),
+        "matched_l0": matched_l0_summary(results, target_l0, METRICS),
+        "per_setting": {f"{a} {s:g}": v for (a, s), v in per_setting_summary(results, METRICS).items()},
+        "runs": [asdict(r) for r in results],
+    }, indent=1))
+    paths["table"].write_text(markdown(results, bench, arms, target_l0, meta))
+    plots = (("absorption", "SAEBench mean absorption fraction (lower is better)", "absorption_vs_l0.png"),
+             ("explained_variance", "explained variance (held out)", "ev_vs_l0.png"))
+    # The legend says which arms' absorption the alarm flagged (their points are not to be quoted).
+    flagged = {a: sum(not r.alarm["trustworthy"] for r in results if r.arm == a) for a in {r.arm for r in results}}
+    total = {a: sum(r.arm == a for r in results) for a in flagged}
+    labelled = [replace(r, arm=f"{r.arm} (alarm: {flagged[r.arm]}/{total[r.arm]} flagged)") if flagged[r.arm] else r
+                for r in results]
+    paths["absorption_plot"], paths["ev_plot"] = plot(labelled, target_l0, None, out_dir, plots, METRICS)
+    return paths
+
+
+# --- command line --------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one sparsity setting per arm (L0 not matched)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="sizes: 'cpu' (default) or 'gpu' (default with --device cuda)")
+    parser.add_argument("--device", default=None, help="torch device (default: the preset's)")
+    parser.add_argument("--arms", nargs="+", metavar="NAME", help="only these arms (names as in the table)")
+    parser.add_argument("--target-l0", type=float, default=32.0, help="matched L0 (default 32)")
+    parser.add_argument("--tokens", type=int, help="training tokens per SAE (overrides the preset)")
+    parser.add_argument("--d-sae", type=int, help="latents (overrides the preset)")
+    parser.add_argument("--batch-size", type=int, help="training batch in tokens (overrides the preset)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--work-dir", type=Path, default=None,
+                        help="absorption probes and artifacts (default: the package cache folder)")
+    parser.add_argument("--from-runs", action="store_true", help="tabulate the saved runs; train nothing")
+    parser.add_argument("--source", choices=("smollm2", "planted"), default="smollm2",
+                        help="'planted': the toy planted model (a dry run of the machinery)")
+    return parser.parse_args(argv)
+
+
+SOURCES: dict[str, Callable[[BenchConfig], Source]] = {"smollm2": SmolLM2Source, "planted": PlantedSource}
+
+
+def bench_from_args(args: argparse.Namespace) -> BenchConfig:
+    preset = args.preset or ("gpu" if (args.device or "").startswith("cuda") else "cpu")
+    bench = PRESETS[preset]
+    overrides: dict[str, Any] = {}
+    if args.device:
+        overrides["device"] = args.device
+    if args.tokens:
+        overrides["training_tokens"] = args.tokens
+    if args.d_sae:
+        overrides["d_sae"] = args.d_sae
+    if args.batch_size:
+        overrides["batch_size"] = args.batch_size
+    return replace(bench, **overrides)
+
+
+def arms_from_args(args: argparse.Namespace) -> list[Arm]:
+    if not args.arms:
+        return list(ARMS)
+    known = {arm.name: arm for arm in ARMS}
+    unknown = [name for name in args.arms if name not in known]
+    if unknown:
+        raise ValueError(f"--arms {unknown} is invalid: known arms are {list(known)}")
+    return [known[name] for name in args.arms]
+
+
+def runs_folder(out: Path, bench: BenchConfig, args: argparse.Namespace) -> Path:
+    preset = args.preset or ("gpu" if bench.device.startswith("cuda") else "cpu")
+    name = preset if args.source == "smollm2" else f"{args.source}-{preset}"
+    return out / "runs" / name
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    bench = bench_from_args(args)
+    arms = arms_from_args(args)
+    runs_dir = runs_folder(args.out, bench, args)
+    if args.work_dir is not None:
+        work_dir = args.work_dir
+    else:
+        try:
+            from orthosae_plugin.smollm import cache_dir
+        except ImportError:  # before issue 9's model module
+            work_dir = Path.home() / ".cache" / "orthosae-plugin" / "real_model_benchmark" / runs_dir.name
+        else:
+            work_dir = cache_dir() / "real_model_benchmark" / runs_dir.name
+    command = "python -m benchmarks.real_model " + shlex.join(argv if argv is not None else sys.argv[1:])
+    start = time.perf_counter()
+    meta: dict[str, Any] = {
+        "command": command.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the "
+                   f"start: other jobs share it), {torch.get_num_threads()} torch thread(s), device {bench.device}",
+        "torch": torch.__version__, "source": SOURCES[args.source].__doc__.split("\n\n")[0].replace("\n", " "),
+        "real": args.source == "smollm2", "quick": args.quick, "wall_seconds": 0.0,
+    }
+
+    def write(results: list[RunResult]) -> dict[str, Path]:
+        if not args.from_runs:
+            meta["wall_seconds"] = time.perf_counter() - start
+        return write_outputs(results, bench, arms, args.target_l0, args.out, meta)
+
+    def make_source(b: BenchConfig) -> Source:
+        source = SOURCES[args.source](b)
+        meta["source"] = source.description
+        return source
+
+    if args.from_runs:
+        previous = args.out / "results.json"
+        if previous.exists():  # the training invocation's command, machine and wall time stand
+            meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"]}
+        results = [r for r in (load_run(p) for p in sorted(runs_dir.glob("*.json")))
+                   if r.bench_key == bench.key() and r.arm in {a.name for a in arms}]
+    else:
+        results = run_grid(bench, arms, args.quick, runs_dir, work_dir, make_source, on_run=write,
+                           data=data_version(args.source))
+    if not results:
+        raise SystemExit(f"no runs in {runs_dir}")
+    paths = write(results)
+    print(paths["table"].read_text())
+    print(f"wrote {', '.join(str(p) for p in paths.values())}", file=sys.stderr)
+    return paths
+
+
+if __name__ == "__main__":
+    main()

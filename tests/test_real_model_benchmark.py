@@ -1,0 +1,92 @@
+"""``benchmarks.real_model``'s machinery at toy size (the planted first-letter model stands
+in for SmolLM2): the arm list, one run end to end, resuming, and the verdict at matched L0."""
+
+import json
+import math
+from dataclasses import replace
+
+import pytest
+
+from benchmarks import real_model as bench
+from fixtures.planted import one_torch_thread  # noqa: F401  (pytest fixture)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = replace(bench.PRESETS["tiny"], training_tokens=4096, d_sae=128)
+
+
+def test_the_arms_cover_the_issue():
+    archs = {(a.architecture, a.sae_kwargs.get("sparsity_base"), a.sae_kwargs.get("ortho_coefficient"),
+              a.sae_kwargs.get("contrastive_coefficient")) for a in bench.ARMS}
+    for saelens in ("standard", "topk", "batchtopk", "matryoshka_batchtopk"):
+        assert (saelens, None, None, None) in archs
+    for base in (None, "batchtopk"):  # ReLU+L1 and BatchTopK bases: both, ortho only, contrastive only
+        assert {("ortho_contrastive", base, None, None), ("ortho_contrastive", base, None, 0.0),
+                ("ortho_contrastive", base, 0.0, None)} <= archs
+    assert len({a.name for a in bench.ARMS}) == len(bench.ARMS)
+    assert all(len(a.sparsity_values) >= 2 for a in bench.ARMS)  # matched L0 needs a sweep
+    assert [v for _, v in bench.planned(bench.ARMS[:2], quick=True)] == [5.0, 32.0]
+
+
+def test_every_arm_builds_its_config():
+    class Source:
+        hook_name = "blocks.0.hook_resid_post"
+
+        class model:  # noqa: N801
+            class cfg:  # noqa: N801
+                model_name = "m"
+
+    for arm in bench.ARMS:
+        for value in arm.sparsity_values:
+            cfg = bench.sae_config(arm, value, bench.PRESETS["cpu"], 576, Source)
+            assert getattr(cfg, arm.sparsity_field) == value
+            assert cfg.metadata.hook_name == Source.hook_name
+
+
+def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
+    arms = [replace(bench.ARMS[0], sparsity_values=(0.5, 2.0))]
+    results = bench.run_grid(TINY, arms, False, tmp_path / "runs", tmp_path / "work", bench.PlantedSource,
+                             log=lambda _: None)
+    assert [r.sparsity for r in results] == [0.5, 2.0]
+    for r in results:
+        assert set(bench.METRICS) <= set(r.metrics)
+        assert all(math.isfinite(v) for v in r.metrics.values())
+        assert 0 <= r.metrics["absorption"] <= 1 and r.metrics["l0"] > 0
+        assert {"trustworthy", "reasons", "notes"} <= set(r.alarm)
+        assert r.sae_config["architecture"] == "standard"  # the plugin-free inference SAE
+    assert results[0].metrics["l0"] > results[1].metrics["l0"]  # more L1, fewer latents
+
+    def no_training(_):
+        raise AssertionError("a saved run was trained again")
+
+    again = bench.run_grid(TINY, arms, False, tmp_path / "runs", tmp_path / "work", no_training, log=lambda _: None)
+    assert [r.metrics for r in again] == [r.metrics for r in results]
+
+    paths = bench.write_outputs(results, TINY, arms, results[1].metrics["l0"] + 1, tmp_path / "out",
+                                {"command": "c", "machine": "m", "source": "planted", "wall_seconds": 1.0})
+    assert all(p.exists() for p in paths.values())
+    assert len(json.loads(paths["json"].read_text())["runs"]) == 2
+
+
+def fake(arm, sparsity, l0, absorption, trusted=True):
+    metrics = dict.fromkeys(bench.METRICS, 0.5) | {"l0": l0, "absorption": absorption}
+    return bench.RunResult(arm=arm, architecture="x", sparsity_field="k", sparsity=sparsity, seed=0,
+                           metrics=metrics, alarm={"trustworthy": trusted, "reasons": []},
+                           absorption_letters={}, eval_seconds=0.0, bench_key="k", sae_config={})
+
+
+def test_verdict_names_the_winner_at_matched_l0_even_when_it_is_not_ortho_contrastive():
+    runs = [fake("standard", 1, 20, 0.10), fake("standard", 2, 40, 0.30),  # 0.20 at L0 30
+            fake("oc relu: both", 1, 20, 0.20), fake("oc relu: both", 2, 40, 0.40),  # 0.30
+            fake("topk", 1, 35, 0.0), fake("topk", 2, 50, 0.0)]  # does not reach L0 30
+    lines = bench.verdict(runs, 30.0, bench.ARMS)
+    assert "`standard`, 0.200" in lines[0] and "`oc relu: both`" in lines[0] and "-33%" in lines[0]
+    assert any("does not win" in line for line in lines)
+    assert any("topk" in line and "Not reaching" in line for line in lines)
+
+
+def test_quick_verdict_says_l0_is_not_matched():
+    runs = [fake("standard", 1, 20, 0.10, trusted=False), fake("oc relu: both", 1, 30, 0.2)]
+    lines = bench.verdict(runs, 25.0, bench.ARMS)
+    assert "not matched" in lines[0] and "`oc relu: both`" in lines[0]  # the alarm-free run
+    assert "flagged 1 of 2" in lines[-1]
