@@ -112,18 +112,6 @@ K_GRID = (20.0, 32.0, 48.0)
 """k of the TopK-family arms (L0 = k in training; BatchTopK saves a JumpReLU whose L0 is close)."""
 
 
-def _matryoshka_base_accepted() -> bool:
-    """Whether this version of ``ortho_contrastive`` accepts a Matryoshka BatchTopK base
-    (issue 13 adds it)."""
-    widths = ({"matryoshka_widths": [16, 64]}
-              if "matryoshka_widths" in {f.name for f in dataclasses.fields(OrthoContrastiveTrainingSAEConfig)} else {})
-    try:
-        OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=64, sparsity_base="matryoshka_batchtopk", k=4, **widths)
-    except (ValueError, TypeError):
-        return False
-    return True
-
-
 ARMS: list[Arm] = [
     Arm("standard", "standard", "l1_coefficient", L1_STANDARD),
     Arm("topk", "topk", "k", K_GRID),
@@ -135,9 +123,8 @@ ARMS: list[Arm] = [
     Arm("oc batchtopk: ortho only", OC, "k", K_GRID, {"sparsity_base": "batchtopk", "contrastive_coefficient": 0.0}),
     Arm("oc batchtopk: contrastive only", OC, "k", K_GRID, {"sparsity_base": "batchtopk", "ortho_coefficient": 0.0}),
     Arm("oc batchtopk: both", OC, "k", K_GRID, {"sparsity_base": "batchtopk"}),
-    # Matryoshka base (issue 13): trained once ortho_contrastive accepts it.
-    *([Arm("oc matryoshka: both", OC, "k", K_GRID, {"sparsity_base": "matryoshka_batchtopk"})]
-      if _matryoshka_base_accepted() else []),
+    Arm("oc matryoshka: ortho only", OC, "k", K_GRID, {"sparsity_base": "matryoshka_batchtopk", "contrastive_coefficient": 0.0}),
+    Arm("oc matryoshka: both", OC, "k", K_GRID, {"sparsity_base": "matryoshka_batchtopk"}),
 ]
 """The comparison; one line per arm."""
 
