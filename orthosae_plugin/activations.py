@@ -42,7 +42,7 @@ from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunne
 from sae_lens.cache_activations_runner import CacheActivationsRunner
 from sae_lens.config import CacheActivationsRunnerConfig
 
-from orthosae_plugin.corpus import english_corpus, separator_token_id
+from orthosae_plugin.corpus import CORPUS_LAYOUT, english_corpus, separator_token_id
 from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME, SMOLLM2_PROCESSING, _publish, cache_dir, load_smollm2
 
 SEQPOS_SLICE = (1, None)
@@ -66,11 +66,14 @@ def _activations_root(hook_name: str, context_size: int) -> Path:
 
 
 def _existing_cache(hook_name: str, context_size: int, n_tokens: int, source: str) -> Path | None:
-    """The smallest complete cache for this hook, context and text with at least n_tokens."""
+    """The smallest complete cache for this hook, context, text and corpus layout
+    (:data:`CORPUS_LAYOUT`) with at least n_tokens: a cache made from rows of another
+    layout is never reused."""
     best = None
     for meta_path in _activations_root(hook_name, context_size).glob(f"*/{_META}"):
         meta = json.loads(meta_path.read_text())
-        if meta.get("source") == source and meta["n_tokens"] >= n_tokens:
+        same_rows = meta.get("source") == source and meta.get("corpus_layout") == CORPUS_LAYOUT
+        if same_rows and meta["n_tokens"] >= n_tokens:
             if best is None or meta["n_tokens"] < best[0]:
                 best = (meta["n_tokens"], meta_path.parent)
     return None if best is None else best[1]
@@ -133,6 +136,7 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
         "model_name": SMOLLM2_MODEL_NAME, "hook_name": hook_name, "context_size": context_size,
         "seqpos_slice": list(SEQPOS_SLICE), "cached_context_size": sliced, "n_tokens": total,
         "n_rows": n_rows, "d_in": model.cfg.d_model, "source": source, "split": "train",
+        "corpus_layout": CORPUS_LAYOUT,
         "separator_token_id": separator_token_id(model.tokenizer),
         "seconds": round(time.perf_counter() - started, 1),
     }, indent=1))

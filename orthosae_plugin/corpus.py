@@ -51,6 +51,9 @@ DEBIAN_PACKAGES = ("r-cran-janeaustenr", "sword-text-web")
 SPLITS = ("train", "heldout")
 _TEXT_VERSION = 1  # bump when the text extraction changes
 _ROWS_VERSION = 3  # bump when the row layout changes
+CORPUS_LAYOUT = f"text{_TEXT_VERSION}-rows{_ROWS_VERSION}"
+"""The text extraction and row layout; anything derived from the rows (cached
+activations) records it and is reused only under the same layout."""
 _SHUFFLE_SEED = 0
 
 

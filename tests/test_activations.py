@@ -69,3 +69,25 @@ def test_an_sae_trains_on_cached_activations_for_the_full_budget_and_loads_witho
     assert 0.3 < metrics["explained_variance"] < 1
     assert metrics["ce_loss_clean"] < metrics["ce_loss_with_sae"] < metrics["ce_loss_zero_ablation"]
     assert 0 < metrics["ce_loss_recovered"] < 1 and metrics["l0"] > 0
+
+
+def test_a_cache_of_another_corpus_layout_or_text_is_never_reused(tmp_path, monkeypatch):
+    from orthosae_plugin.activations import _META, _activations_root, _existing_cache
+    from orthosae_plugin.corpus import CORPUS_LAYOUT
+
+    monkeypatch.setenv("ORTHOSAE_CACHE", str(tmp_path))
+    root = _activations_root("blocks.15.hook_resid_post", 128)
+
+    def fake_cache(name: str, n_tokens: int, **meta) -> None:
+        (root / name).mkdir(parents=True)
+        (root / name / _META).write_text(json.dumps({"n_tokens": n_tokens, "source": "debian", **meta}))
+
+    fake_cache("old-layout", 50_000)  # written before the layout was recorded
+    fake_cache("other-layout", 60_000, corpus_layout="text0-rows1")
+    fake_cache("other-text", 70_000, corpus_layout=CORPUS_LAYOUT, source="/some/folder")
+    assert _existing_cache("blocks.15.hook_resid_post", 128, 20_000, "debian") is None
+    fake_cache("big", 90_000, corpus_layout=CORPUS_LAYOUT)
+    fake_cache("small", 30_000, corpus_layout=CORPUS_LAYOUT)
+    assert _existing_cache("blocks.15.hook_resid_post", 128, 20_000, "debian") == root / "small"
+    assert _existing_cache("blocks.15.hook_resid_post", 128, 40_000, "debian") == root / "big"
+    assert _existing_cache("blocks.15.hook_resid_post", 128, 95_000, "debian") is None
