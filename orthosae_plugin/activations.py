@@ -106,7 +106,7 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
     if len(corpus) < n_rows:
         raise ValueError(f"n_tokens={n_tokens:,} needs {n_rows:,} rows of {context_size} tokens; the training "
                          f"split has {len(corpus):,} rows ({len(corpus) * sliced:,} tokens after position 0)")
-    out = _activations_root(hook_name, context_size) / f"{total}tok-{source.replace('/', '_')[-40:]}"
+    out = _activations_root(hook_name, context_size) / f"{total}tok-{source.replace('/', '_')[-40:]}-{CORPUS_LAYOUT}"
     tmp = out.with_name(f"{out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     bytes_per_token = model.cfg.d_model * 4

@@ -27,6 +27,9 @@ SMOLLM2_TEST_TOKENS = 20_000
 def test_the_cache_holds_positions_1_to_127_of_training_rows(smollm2, smollm2_activations):
     info = cache_info(smollm2_activations)
     assert info["n_tokens"] >= SMOLLM2_TEST_TOKENS and info["seqpos_slice"] == [1, None]
+    # made from rows of today's layout, in a folder whose name no older cache can hold
+    from orthosae_plugin.corpus import CORPUS_LAYOUT
+    assert info["corpus_layout"] == CORPUS_LAYOUT and smollm2_activations.name.endswith(CORPUS_LAYOUT)
     cached = load_from_disk(str(smollm2_activations))
     assert cached.features[SMOLLM2_TEST_HOOK].shape == (127, 576)
     first_row = english_corpus(smollm2.tokenizer, split="train", max_tokens=128)["input_ids"][0]
@@ -36,8 +39,12 @@ def test_the_cache_holds_positions_1_to_127_of_training_rows(smollm2, smollm2_ac
     acts_TD = cache[SMOLLM2_TEST_HOOK][0]
     assert acts_TD[0].norm() > 5_000  # position 0: the attention sink, left out
     assert_close(torch.tensor(cached[0][SMOLLM2_TEST_HOOK]), acts_TD[1:], atol=1e-3, rtol=1e-4)
-    # a second request for as many tokens or fewer reuses the cache: no forward pass
-    assert cached_activations(SMOLLM2_TEST_HOOK, n_tokens=10_000, model=None) == smollm2_activations
+    # a second request for as many tokens or fewer reuses a cache (this one, or a smaller one
+    # of the same layout left by an earlier run): no forward pass, no new folder
+    caches_before = set(smollm2_activations.parent.iterdir())
+    reused = cached_activations(SMOLLM2_TEST_HOOK, n_tokens=10_000, model=None)
+    assert reused in caches_before and set(smollm2_activations.parent.iterdir()) == caches_before
+    assert cache_info(reused)["corpus_layout"] == CORPUS_LAYOUT
 
 
 def test_an_sae_trains_on_cached_activations_for_the_full_budget_and_loads_without_the_plugin(
