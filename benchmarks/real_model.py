@@ -143,16 +143,14 @@ class BenchConfig:
     d_sae: int = 2304
     """Latents (4 x SmolLM2's d_model 576)."""
     training_tokens: int = 614_400
-    """Tokens per SAE: 1024 steps of 600 (the absorption alarm wants >= 1000 steps).
-    Measured at 204,800 tokens (1024 steps of 200; the committed --quick run): no arm
-    learned first-letter latents and the alarm flagged all 10 runs, while DESIGN §6's
-    600k-token ``standard`` SAE was trusted; hence ~600k. Measured in that run (2 threads,
-    CPU shared with other jobs): training 32 s (``standard``), 45-68 s (TopK family), 566 s
-    (``ortho_contrastive`` with the ortho term: ~0.55 s a step, its exact fallback at
-    d_sae 2304, whatever the batch); evals 50-250 s a run; caching 227k activations 13 min.
-    At 614,400 tokens expect ~3x the SAE step but the same ortho cost: --quick ~1.5 h and
-    the full grid ~4.5 h on this shared machine, over the issue's budget (20 min / ~2 h of
-    CPU), set by the ortho term's cost (issue 12) at this width. Not yet run."""
+    """Tokens per SAE: 1024 steps of 600, near DESIGN §6's 600k-token ``standard`` SAE,
+    which the alarm trusted. The committed --quick run used 204,800 tokens (1024 steps of
+    200): the alarm flagged 9 of 12 SAEs, every SAELens baseline among them. Measured in
+    that run (2 threads, CPU partly shared with test runs, issue 12's ortho term): training
+    38-222 s a run (``ortho_contrastive`` 61-87 s on the ReLU and Matryoshka bases),
+    evals ~50-150 s a run plus ~6 min once for SAEBench's ground-truth probe. At 614,400
+    tokens expect ~3x the training time, and ~8-17 min to cache the activations once.
+    Not yet run at this budget."""
     batch_size: int = 600
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2
