@@ -69,7 +69,6 @@ from orthosae_plugin.saving import write_folder_atomically
 from orthosae_plugin.validation import (
     SPARSITY_BASES,
     check_sparsity_base,
-    invalid,
     validate_config,
 )
 
@@ -330,11 +329,6 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
             self.ortho_anneal_steps = total_training_steps
             self.ortho_anneal_steps_derived = True
             self.add_training_info_to_metadata()
-
-
-# Kept under their old names for code that imported them from here.
-_invalid = invalid
-_check_sparsity_base = check_sparsity_base
 
 
 # Largest weight that BatchTopK's running threshold may still give its zero start at the

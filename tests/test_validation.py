@@ -10,13 +10,13 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sae_lens import LanguageModelSAERunnerConfig, LoggingConfig
 from sae_lens.config import SAETrainerConfig
 from sae_lens.saes.sae import TrainingSAEConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.cli import parse_train_args
+from test_ortho_contrastive_sae import runner_cfg  # the runner config those tests build
 
 nan, inf = math.nan, math.inf
 
@@ -92,15 +92,6 @@ def test_json_numbers_and_numpy_scalars_are_accepted_and_stored_as_python_number
     assert type(cfg.ortho_block_size) is int and cfg.ortho_block_size == 64
     assert type(cfg.contrastive_temperature) is float
     json.dumps(cfg.to_dict())  # serialisable
-
-
-def runner_cfg(sae_cfg, **kwargs):
-    defaults = dict(
-        model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="in-memory",
-        training_tokens=4096 * 2000, train_batch_size_tokens=4096, context_size=32,
-        logger=LoggingConfig(log_to_wandb=False), verbose=False, checkpoint_path=None,
-    )
-    return LanguageModelSAERunnerConfig(sae=sae_cfg, **{**defaults, **kwargs})
 
 
 def test_a_zero_batch_is_refused_by_name_not_by_zero_division():
