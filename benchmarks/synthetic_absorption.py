@@ -200,15 +200,21 @@ def tuning_arms() -> list[Arm]:
 
 def cost_arms() -> list[Arm]:
     """Issue 12: the default arm as committed (exact ortho term every step) against the
-    cheaper designs: 'close_pairs' (the same loss, provably) and lazy regularization
-    (the term every r steps with weight r), which changes the optimisation."""
+    cheaper designs: 'close_pairs' (the same loss, provably) and the term computed every
+    r steps, which changes the optimisation: 'lazy r' (weight r on those steps, nothing
+    in between) and 'reuse r' (the gradient of those steps applied on every step)."""
     return [
         Arm("oc: both (k=128)", OC, "l1_coefficient", L1_SWEEP),
         Arm("oc: both (k=128), close_pairs", OC, "l1_coefficient", L1_SWEEP, {"ortho_mode": "close_pairs"}),
         *[
             Arm(f"oc: both (k=128), close_pairs, lazy {r}", OC, "l1_coefficient", L1_SWEEP,
-                {"ortho_mode": "close_pairs", "ortho_lazy_every": r})
+                {"ortho_mode": "close_pairs", "ortho_lazy_every": r, "ortho_lazy_mode": "weighted"})
             for r in (4, 8)
+        ],
+        *[
+            Arm(f"oc: both (k=128), close_pairs, reuse {r}", OC, "l1_coefficient", L1_SWEEP,
+                {"ortho_mode": "close_pairs", "ortho_lazy_every": r, "ortho_lazy_mode": "reuse"})
+            for r in (4, 8, 16)
         ],
     ]
 

@@ -240,12 +240,21 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     grow as d_sae^2); over either cap the exact term is computed instead."""
 
     ortho_lazy_every: int = 4
-    """Lazy regularization (StyleGAN2, arXiv 1912.04958): the orthogonality term is
-    computed on every ortho_lazy_every-th step only (steps 0, r, 2r, ...), weighted by
-    ortho_lazy_every so that its average weight is unchanged (>= 1; 1 = every step, the
-    behaviour before issue 12). Cuts the term's cost by that factor; it changes the optimisation, not
-    the objective's average. 4 kept ground-truth absorption and explained variance within
-    seed noise on the synthetic benchmark, 8 did not (README, "Speed and memory")."""
+    """The orthogonality term is computed on every ortho_lazy_every-th step only (steps
+    0, r, 2r, ...; >= 1; 1 = every step, the behaviour before issue 12), which cuts its
+    cost by that factor. What the steps in between do is ortho_lazy_mode's choice. It
+    changes the optimisation, not the objective's average weight (README, "Speed and
+    memory", has the ground-truth evidence for each setting)."""
+
+    ortho_lazy_mode: Literal["weighted", "reuse"] = "weighted"
+    """'weighted' (lazy regularization, StyleGAN2 arXiv 1912.04958): the term counts on
+    the steps that compute it, with weight ortho_lazy_every, and not at all in between.
+    'reuse': the gradient of the term with respect to the unit decoder rows, computed on
+    those steps, is applied again with weight 1 on every step until the next one (through
+    the current normalisation of W_dec, so it stays tangent to the unit sphere); the
+    logged ortho_loss is the value at the step that computed it. The gradient is then at
+    most ortho_lazy_every - 1 steps stale, and its drift is logged as
+    ``ortho_reused_grad_rel_change`` (relative change between two computations)."""
 
     contrastive_coefficient: float = 0.3
     """Final weight of the self-contrastive loss (>= 0; 0 turns it off)."""
@@ -440,6 +449,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         self.ortho_recomputed_steps = 0
         self._clock_cache: tuple[torch.Tensor, int, int] | None = None
         self._ortho_drift: torch.Tensor | None = None
+        self._ortho_reused_change: torch.Tensor | None = None
         # The rows' movement per step, measured at each check: how soon the next scan is
         # due. A property of the optimisation, so it survives forget_close_pairs.
         self._ortho_pace = 0.0
@@ -515,8 +525,11 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         lazy_every = self.cfg.ortho_lazy_every
         if ortho_weight > 0:
             step = self.current_step()
-            if step % lazy_every == 0:  # lazy regularization: every r-th step, weight r
-                ortho_loss = (ortho_weight * lazy_every) * self._ortho_penalty(self.ortho_threshold_at(step), step)
+            if self.cfg.ortho_lazy_mode == "reuse":
+                ortho_loss = ortho_weight * self._ortho_penalty_reused(step)
+            elif step % lazy_every == 0:  # lazy regularization: every r-th step, weight r
+                D_nd = self.unit_decoder()
+                ortho_loss = (ortho_weight * lazy_every) * self._ortho_penalty(D_nd, self.ortho_threshold_at(step), step)
 
         contrastive_weight = step_input.coefficients["contrastive"]
         contrastive_loss = zero
@@ -532,8 +545,35 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
             )
         return {**losses, "ortho_loss": ortho_loss, "contrastive_loss": contrastive_loss}
 
-    def _ortho_penalty(self, tau: float, step: int) -> torch.Tensor:
+    def _ortho_penalty_reused(self, step: int) -> torch.Tensor:
+        """'reuse' mode: on a step that computes the term (``step % r == 0``, or the first
+        step after construction, a load or a clock change), its value and its gradient
+        ``(d_sae, d_in)`` with respect to the unit rows; on every step, a term whose value
+        is that value and whose gradient is that gradient, carried to ``W_dec`` through
+        the current normalisation: ``value + <D, g> - <D, g>.detach()``. O(d_sae d_in)
+        between computations."""
         D_nd = self.unit_decoder()
+        r = self.cfg.ortho_lazy_every
+        last = self._ortho_reused_step
+        if self._ortho_reused is None or step % r == 0 or not (last <= step < last + r):
+            D_leaf_nd = D_nd.detach().requires_grad_()
+            with torch.enable_grad():
+                value = self._ortho_penalty(D_leaf_nd, self.ortho_threshold_at(step), step)
+                (grad_nd,) = torch.autograd.grad(value, D_leaf_nd, allow_unused=True)
+            if grad_nd is None:  # a penalty with no pair in scope
+                grad_nd = torch.zeros_like(D_leaf_nd)
+            if self._ortho_reused is not None:
+                old_nd = self._ortho_reused[1]
+                # Left on the device; read at logging steps only.
+                self._ortho_reused_change = (grad_nd - old_nd).norm() / old_nd.norm().clamp_min(1e-30)
+            self._ortho_reused = (value.detach(), grad_nd)
+            self._ortho_reused_step = step
+        value, grad_nd = self._ortho_reused
+        linear = (D_nd * grad_nd.to(D_nd.dtype)).sum()
+        return value.to(D_nd.dtype) + (linear - linear.detach())
+
+    def _ortho_penalty(self, D_nd: torch.Tensor, tau: float, step: int) -> torch.Tensor:
+        """The ortho term at ``step`` on the unit decoder rows ``D_nd``, in ``ortho_mode``."""
         if self.cfg.ortho_mode == "close_pairs":
             pairs_P2 = self._close_pairs_at(step, D_nd.detach())
             if pairs_P2 is not None:
@@ -553,7 +593,10 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         )
 
     def forget_close_pairs(self) -> None:
-        """Drop the close-pair list: the next ortho step scans again."""
+        """Drop the close-pair list (the next ortho step scans again) and, in 'reuse'
+        mode, the kept gradient (the next step computes the term)."""
+        self._ortho_reused: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._ortho_reused_step = -1
         self.ortho_close_pairs = None
         self.ortho_close_pair_rows = None
         self.ortho_scan_decoder = None
@@ -657,6 +700,8 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
             output.metrics["ortho_threshold"] = tau
             output.metrics["decoder_max_abs_cos"] = max_abs_cos
             output.metrics["decoder_frac_pairs_above_threshold"] = frac_above
+            if self._ortho_reused_change is not None:
+                output.metrics["ortho_reused_grad_rel_change"] = self._ortho_reused_change.item()
         return output
 
     def _refuse_non_finite(
@@ -742,11 +787,10 @@ class OrthoContrastiveMatryoshkaBatchTopKTrainingSAE(  # type: ignore[misc]
     _state_updated_by_base_step = ("topk_threshold",)
 
     @override
-    def _ortho_penalty(self, tau: float, step: int) -> torch.Tensor:
+    def _ortho_penalty(self, D_nd: torch.Tensor, tau: float, step: int) -> torch.Tensor:
         pairs = self.cfg.matryoshka_ortho_pairs
         if pairs == "all":
-            return super()._ortho_penalty(tau, step)
-        D_nd = self.unit_decoder()
+            return super()._ortho_penalty(D_nd, tau, step)
         if self.cfg.ortho_mode == "close_pairs":
             pairs_P2 = self._close_pairs_at(step, D_nd.detach())
             if pairs_P2 is not None:  # the listed pairs in scope (still symmetric, sorted)

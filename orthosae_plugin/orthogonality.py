@@ -36,6 +36,7 @@ import torch
 from torch.nn import functional as F
 
 ORTHO_MODES = ("exact", "chunked", "close_pairs")
+ORTHO_LAZY_MODES = ("weighted", "reuse")
 
 
 def ortho_threshold(step: int, start: float, end: float, horizon: int) -> float:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from sae_lens.constants import DTYPE_MAP
 
-from orthosae_plugin.orthogonality import ORTHO_MODES
+from orthosae_plugin.orthogonality import ORTHO_LAZY_MODES, ORTHO_MODES
 
 if TYPE_CHECKING:
     from orthosae_plugin.ortho_contrastive import OrthoContrastiveTrainingSAEConfig
@@ -191,7 +191,8 @@ def _check_ortho_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
     check_integer(cfg, "ortho_rescan_every", 1, ">= 1 step")
     check_real(cfg, "ortho_max_pair_fraction", "in (0, 1] (a share of pairs)", 0.0, 1.0, low_open=True)
     check_real(cfg, "ortho_max_pairs_per_latent", "> 0 (listed pairs per latent before the step computes exact)", 0.0, low_open=True)
-    check_integer(cfg, "ortho_lazy_every", 1, ">= 1 (the ortho term on every r-th step, weighted r)")
+    check_integer(cfg, "ortho_lazy_every", 1, ">= 1 (the ortho term computed on every r-th step)")
+    check_choice(cfg, "ortho_lazy_mode", ORTHO_LAZY_MODES, "modes")
     if cfg.ortho_coefficient > 0 and cfg.d_sae < 2:
         raise invalid("d_sae", cfg.d_sae, "the decoder-orthogonality penalty (ortho_coefficient > 0) needs >= 2 latents to have a pair")
 

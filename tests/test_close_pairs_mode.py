@@ -1,6 +1,7 @@
 """ortho_mode='close_pairs' in the training SAE: the exact loss at every step, provably
 (a list checked against how far the decoder rows moved since its scan), never trusted
-across a state-dict load, never saved; lazy regularization; one device sync per step."""
+across a state-dict load, never saved; lazy regularization ('weighted' and 'reuse'); one
+device sync per step."""
 
 import pytest
 import torch
@@ -125,9 +126,75 @@ def test_lazy_regularization_computes_the_term_every_r_steps_with_weight_r():
             p.grad = None
 
 
-@pytest.mark.parametrize("mode", ["close_pairs", "exact", "chunked"])
-def test_a_training_step_syncs_with_the_device_once(monkeypatch, mode):
-    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode=mode))
+def penalty_on_unit_rows(D: torch.Tensor, tau: float) -> torch.Tensor:
+    """The penalty of rows taken as they are (already unit): no normalisation inside."""
+    n = D.shape[0]
+    C = D @ D.T
+    return (torch.relu(C.abs() - tau) * (1.0 - torch.eye(n))).pow(2).sum() / (n * (n - 1))
+
+
+@pytest.mark.parametrize("mode", ["close_pairs", "exact"])
+def test_reuse_mode_applies_the_last_computed_gradient_on_every_step_until_the_next(mode):
+    torch.manual_seed(0)
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode=mode, ortho_lazy_every=3, ortho_lazy_mode="reuse",
+                                                ortho_coefficient=2.0))
+    opt = torch.optim.SGD(sae.parameters(), lr=0.05)  # the rows move: the kept gradient goes stale
+    for step in range(8):
+        x = batch(step)
+        if step % 3 == 0:  # the value and gradient of the penalty at this step's unit rows
+            D0 = (sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)).detach().requires_grad_()
+            value0 = penalty_on_unit_rows(D0, sae.ortho_threshold_at(step))
+            (g0,) = torch.autograd.grad(value0, D0)
+        ref = OrthoContrastiveTrainingSAE(build_cfg(ortho_coefficient=0.0))
+        ref.load_state_dict(sae.state_dict())
+        ref_out = ref.training_forward_pass(step_input(x, ortho=0.0))
+        D = ref.W_dec / ref.W_dec.norm(dim=1, keepdim=True)  # today's rows, yesterday's gradient
+        (ref_out.loss + 2.0 * (D * g0).sum()).backward()
+        out = sae.training_forward_pass(TrainStepInput(
+            sae_in=x, coefficients={"l1": 0.5, "ortho": 2.0, "contrastive": 0.0},
+            dead_neuron_mask=None, n_training_steps=step, is_logging_step=False,
+        ))
+        out.loss.backward()
+        assert value0 > 0
+        assert_close(out.losses["ortho_loss"], 2.0 * value0.detach(), rtol=1e-4, atol=1e-9)
+        assert_close(out.loss, ref_out.loss.detach() + 2.0 * value0.detach(), rtol=1e-5, atol=1e-7)
+        for (name, p), (_, p_ref) in zip(sae.named_parameters(), ref.named_parameters()):
+            assert_close(p.grad, p_ref.grad, rtol=1e-4, atol=1e-7)
+        opt.step()
+        opt.zero_grad()
+
+
+def test_reuse_mode_computes_again_after_a_load_and_logs_how_far_the_gradient_moved():
+    torch.manual_seed(0)
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_lazy_every=4, ortho_lazy_mode="reuse"))
+    opt = torch.optim.SGD(sae.parameters(), lr=0.05)
+
+    def train_step(step, logging=False):
+        out = sae.training_forward_pass(TrainStepInput(
+            sae_in=batch(step), coefficients={"l1": 0.5, "ortho": 1.0, "contrastive": 0.0},
+            dead_neuron_mask=None, n_training_steps=step, is_logging_step=logging,
+        ))
+        out.loss.backward()
+        opt.step()
+        opt.zero_grad()
+        return out
+
+    train_step(0), train_step(1)
+    kept_step = sae._ortho_reused_step
+    sae.load_state_dict(sae.state_dict())  # e.g. a resumed checkpoint: nothing kept is trusted
+    train_step(2)
+    assert (kept_step, sae._ortho_reused_step) == (0, 2)
+    train_step(3)
+    out = train_step(4, logging=True)  # computed again at 4: the change since step 2 is logged
+    assert sae._ortho_reused_step == 4
+    assert 0 < out.metrics["ortho_reused_grad_rel_change"] < 10
+
+
+@pytest.mark.parametrize(("mode", "lazy_mode"), [("close_pairs", "weighted"), ("exact", "weighted"),
+                                                  ("chunked", "weighted"), ("close_pairs", "reuse")])
+def test_a_training_step_syncs_with_the_device_once(monkeypatch, mode, lazy_mode):
+    lazy = {"ortho_lazy_mode": "reuse", "ortho_lazy_every": 4} if lazy_mode == "reuse" else {}
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode=mode, **lazy))
     sae.training_forward_pass(step_input(batch(0)))  # the first step scans (and syncs there)
     calls = []
     for method in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero"):

@@ -68,6 +68,7 @@ BAD_VALUES = [
     ({"apply_b_dec_to_input": "yes"}, r"apply_b_dec_to_input='yes' is invalid: it must be True or False"),
     ({"decoder_init_norm": nan}, r"decoder_init_norm=nan is invalid"),
     ({"ortho_mode": 3}, r"ortho_mode=3 is invalid: allowed modes are"),
+    ({"ortho_lazy_mode": "stale"}, r"ortho_lazy_mode='stale' is invalid: allowed modes are weighted, reuse"),
     ({"sparsity_base": None}, r"sparsity_base=None is invalid: allowed bases are"),
 ]
 
@@ -177,6 +178,7 @@ FIELD_SPACE = {  # field: (valid values, bad values)
     "ortho_max_pair_fraction": (floats(0.01, 1), BAD_REAL | st.just(0.0)),
     "ortho_max_pairs_per_latent": (floats(0.5, 512), BAD_REAL | st.just(0.0)),
     "ortho_lazy_every": (st.integers(1, 4), BAD_INT),
+    "ortho_lazy_mode": (st.sampled_from(["weighted", "reuse"]), st.sampled_from(["stale", 1, None])),
     "contrastive_warm_up_steps": (st.integers(0, 2), BAD_INT.filter(lambda v: v != 0)),
     "projection_dim": (st.none() | st.integers(1, 8), BAD_INT.filter(lambda v: v is not None)),
     "contrastive_temperature": (floats(1e-3, 10), BAD_REAL | st.just(0.0)),
