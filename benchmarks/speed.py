@@ -157,9 +157,9 @@ PRESETS = {
         fidelity_steps=500,
         whole_run=[
             whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=16384, batch=4096),
-                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=16, warmup=4),
+                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=8, warmup=2),
             whole_run.WholeRunShape(step.StepShape(d_in=2304, d_sae=65536, batch=4096),
-                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=16, warmup=4),
+                                    phases=(0.0, 0.25, 0.5, 0.75, 1.0), steps=8, warmup=2),
         ],
         memory_sizes={name: _powers(1024, 65536) for name in (ortho_memory.LIST, ortho_memory.CHUNKED, ortho_memory.SCAN,
                                                               ortho_memory.OVERFULL, ortho_memory.EXACT)},
