@@ -444,7 +444,9 @@ def absorption_config(bench: BenchConfig) -> tuple[AbsorptionEvalConfig, dict[st
 
 
 def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_ND: torch.Tensor,
-            heldout: HeldoutEval, work_dir: Path) -> RunResult:
+            heldout: HeldoutEval, work_dir: Path, forward_memo: dict[Any, Any] | None = None) -> RunResult:
+    """Train, convert and score one SAE. ``forward_memo``: shared by the runs of one grid, so
+    that SAEBench's model forwards (the same for every SAE) run once."""
     start = time.perf_counter()
     training_sae, dead, steps = train(arm, sparsity, bench, source, acts_ND)
     train_seconds = time.perf_counter() - start
@@ -456,7 +458,8 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
     name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
     try:
         output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
-                                     training_steps=steps, show_progress=False, **kwargs)
+                                     training_steps=steps, show_progress=False, forward_memo=forward_memo,
+                                     **kwargs)
     except AbsorptionEvalError as error:  # nothing scorable: kept as a run with no absorption
         output, failure = None, str(error)
     if output is not None:
@@ -517,6 +520,20 @@ def planned(arms: Sequence[Arm], quick: bool) -> list[tuple[Arm, float]]:
             for value in ((arm.sparsity_values[arm.quick_index],) if quick else arm.sparsity_values)]
 
 
+def training_activations(source: Source, bench: BenchConfig) -> tuple[torch.Tensor, float, int]:
+    """The activations every run trains on, in the order every run sees them: the
+    source's, less the massive-activation tokens (norm above ``max_norm_ratio`` x the
+    median), shuffled with the bench's seed. Returns them, that norm and how many were
+    left out. (The budget stays ``bench.training_tokens``: the stream wraps around.)"""
+    acts_ND = source.train_activations(bench.training_tokens)
+    norms_N = acts_ND.norm(dim=-1)
+    max_norm = bench.max_norm_ratio * norms_N.median().item()
+    sinks = norms_N > max_norm
+    acts_ND = acts_ND[~sinks]
+    acts_ND = acts_ND[torch.randperm(len(acts_ND), generator=torch.Generator().manual_seed(bench.seed))]
+    return acts_ND, max_norm, int(sinks.sum())
+
+
 def run_grid(
     bench: BenchConfig, arms: Sequence[Arm], quick: bool, runs_dir: Path, work_dir: Path,
     make_source: Callable[[BenchConfig], Source], on_run: Callable[[list[RunResult]], None] | None = None,
@@ -543,24 +560,19 @@ def run_grid(
         return results
     source = make_source(bench)
     start = time.perf_counter()
-    acts_ND = source.train_activations(bench.training_tokens)
-    norms_N = acts_ND.norm(dim=-1)
-    max_norm = bench.max_norm_ratio * norms_N.median().item()
-    sinks = norms_N > max_norm
-    acts_ND = acts_ND[~sinks]
-    acts_ND = acts_ND[torch.randperm(len(acts_ND), generator=torch.Generator().manual_seed(bench.seed))]
-    # The budget stays bench.training_tokens: the stream wraps around the few tokens dropped.
+    acts_ND, max_norm, n_sinks = training_activations(source, bench)
     log(f"{len(acts_ND):,} training activations of {source.hook_name} ready in {time.perf_counter() - start:.0f} s; "
-        f"{int(sinks.sum())} massive-activation tokens (norm > {max_norm:.0f}, {bench.max_norm_ratio:g} x the "
+        f"{n_sinks} massive-activation tokens (norm > {max_norm:.0f}, {bench.max_norm_ratio:g} x the "
         f"median) left out")
     start = time.perf_counter()
     heldout = HeldoutEval(source, bench.heldout_tokens, max_norm)
     log(f"held-out eval ready in {time.perf_counter() - start:.0f} s: {heldout.n_evaluated:,} positions, "
         f"{heldout.n_excluded_sinks} massive-activation tokens left out; CE clean {heldout.clean:.3f}, "
         f"zero-ablated {heldout.zero:.3f}")
+    forward_memo: dict[Any, Any] = {}  # SAEBench's model forwards, run once for every SAE
     for i, (arm, value) in enumerate(todo, 1):
         start = time.perf_counter()
-        result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir)
+        result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir, forward_memo)
         result.data_version = data
         run_path(runs_dir, arm, value).write_text(json.dumps(asdict(result), indent=1))
         results.append(result)

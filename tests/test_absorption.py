@@ -246,6 +246,27 @@ def test_second_model_with_the_same_name_does_not_reuse_the_first_models_probe(
     assert len(list((reference_runs["out"] / "probes").iterdir())) == 2
 
 
+def test_a_shared_forward_memo_runs_the_model_once_for_several_saes_and_changes_no_score(
+    reference_runs, planted
+):
+    memo: dict = {}
+    blocks_run = []
+    handle = planted.model.blocks[0].register_forward_hook(lambda *args: blocks_run.append(1))
+    try:
+        first = run_absorption_eval(build_reference_sae(planted, 3), planted.model, reference_runs["out"],
+                                    FAST_CONFIG, sae_name="memo_3", show_progress=False, forward_memo=memo)
+        forwards_of_the_first = len(blocks_run)
+        second = run_absorption_eval(build_reference_sae(planted, 6), planted.model, reference_runs["out"],
+                                     FAST_CONFIG, sae_name="memo_6", show_progress=False, forward_memo=memo)
+    finally:
+        handle.remove()
+    assert forwards_of_the_first > 0 and len(memo) > 0
+    assert len(blocks_run) == forwards_of_the_first  # the second SAE's eval ran no forward
+    for output, k in [(first, 3), (second, 6)]:
+        assert output.eval_result_metrics == reference_runs["outputs"][k].eval_result_metrics
+        assert output.eval_result_details == reference_runs["outputs"][k].eval_result_details
+
+
 def test_decoder_norms_are_folded_into_a_copy_and_do_not_change_the_result(
     reference_runs, planted
 ):

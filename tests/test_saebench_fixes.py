@@ -54,6 +54,33 @@ def test_saebench_sees_the_subsample_while_patched_and_the_full_list_after(two_l
     assert saebench_common.get_alpha_tokens is get_alpha_tokens
 
 
+def test_a_memo_runs_each_list_of_prompts_once_and_leaves_other_calls_alone(two_layer):
+    model = two_layer.model
+    hook = "blocks.0.hook_resid_post"
+    prompts, others = ["ab has the first letter:", "cd has"], ["ef has the first letter:"]
+    _, full = model.run_with_cache(prompts, names_filter=[hook])
+    runs = []
+    handle = model.blocks[0].register_forward_hook(lambda *args: runs.append(1))
+    memo: dict = {}
+    try:
+        with stop_after_layer(model, 0, memo):
+            _, first = model.run_with_cache(prompts, names_filter=[hook])
+            _, again = model.run_with_cache(prompts, names_filter=[hook])
+            assert len(runs) == 1  # the second call read the memo
+            model.run_with_cache(others, names_filter=[hook])
+            model.run_with_cache(model.to_tokens(prompts), names_filter=[hook])  # tokens: not memoised
+            model.run_with_cache(prompts, names_filter=["blocks.1.hook_resid_post"])  # another hook: likewise
+        assert len(runs) == 4 and len(memo) == 2
+        with stop_after_layer(model, 0, memo):  # a later eval with the same memo
+            _, later = model.run_with_cache(prompts, names_filter=[hook])
+        assert len(runs) == 4
+    finally:
+        handle.remove()
+    for cache in (first, again, later):
+        torch.testing.assert_close(cache[hook], full[hook], rtol=0, atol=0)
+        assert cache[hook].grad_fn is None
+
+
 def test_forward_that_stops_after_the_layer_gives_the_full_forwards_activations(two_layer):
     model = two_layer.model
     vocab = sorted(get_alpha_tokens(model.tokenizer))

@@ -39,6 +39,7 @@ import warnings
 from dataclasses import asdict, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -245,6 +246,7 @@ def run_absorption_eval(
     device: str | None = None,
     show_progress: bool = True,
     words_per_letter: int | None = None,
+    forward_memo: dict[Any, Any] | None = None,
 ) -> AbsorptionEvalOutput:
     """Run SAEBench's first-letter absorption eval and return SAEBench's output object.
 
@@ -271,6 +273,11 @@ def run_absorption_eval(
             measured to keep the ground-truth probe (F1 0.80 mean on SmolLM2, 25/26
             letters > 0.6); 40 was too few. Recorded in the output
             (``eval_result_unstructured["orthosae_vocabulary"]``) and in the summary.
+        forward_memo: a dict to keep SAEBench's model forwards in. Pass the same dict to the
+            evals of several SAEs of the same model (and layer): the forwards do not depend
+            on the SAE, so they run once (the real-model benchmark does this). It holds the
+            layer's activations for every prompt (at 100 words per letter on SmolLM2, a few
+            hundred MB); never share one between models.
 
     SAEBench's forward passes stop after the SAE's layer (same activations, no later
     blocks or unembedding; :func:`~orthosae_plugin.evals.saebench_fixes.stop_after_layer`).
@@ -330,7 +337,7 @@ def run_absorption_eval(
     with (
         torch.enable_grad(), warnings.catch_warnings(),
         saebench_vocabulary(words_per_letter, config.random_seed),
-        stop_after_layer(model, layer),
+        stop_after_layer(model, layer, forward_memo),
     ):
         # SAEBench trains probes (run_eval sets grad mode globally, main.py:44); sklearn
         # warns for every k-sparse probe that predicts no positives, which the alarm covers.

@@ -138,7 +138,7 @@ def saebench_vocabulary(words_per_letter: int | None, seed: int) -> Iterator[Non
 
 
 @contextlib.contextmanager
-def stop_after_layer(model: HookedTransformer, layer: int) -> Iterator[None]:
+def stop_after_layer(model: HookedTransformer, layer: int, memo: dict[Any, Any] | None = None) -> Iterator[None]:
     """While it runs, SAEBench's forward passes stop after block `layer`.
 
     SAEBench reads only ``blocks.{layer}.hook_resid_post`` (probing.py:357,
@@ -146,6 +146,13 @@ def stop_after_layer(model: HookedTransformer, layer: int) -> Iterator[None]:
     (for SmolLM2 at layer 15 of 30 with a 49k vocabulary, more than half the cost).
     ``run_with_cache(..., stop_at_layer=layer + 1)`` computes the same activations at that
     hook and nothing after it. Calls reading any other hook are left alone.
+
+    With a ``memo`` dict, such a call on a list of prompts is run once (without autograd:
+    SAEBench reads the activations as data) and kept in the memo under the prompts and the
+    hook; the same call again, in this eval or a later one given the same memo, reads it
+    from there. Those forwards do not depend on the SAE, so a memo shared by the evals of
+    several SAEs of one model runs the model once for all of them. Only share a memo
+    between evals of the same model: its weights are not part of the key.
     """
     hook = f"blocks.{layer}.hook_resid_post"
     original = model.run_with_cache
@@ -154,6 +161,14 @@ def stop_after_layer(model: HookedTransformer, layer: int) -> Iterator[None]:
         names = kwargs.get("names_filter")
         if "stop_at_layer" not in kwargs and (names == hook or names == [hook]):
             kwargs["stop_at_layer"] = layer + 1
+            prompts = args[0] if len(args) == 1 else None
+            if (memo is not None and isinstance(prompts, list) and all(isinstance(p, str) for p in prompts)
+                    and set(kwargs) == {"names_filter", "stop_at_layer"}):
+                key = (hook, tuple(prompts))
+                if key not in memo:
+                    with torch.no_grad():
+                        memo[key] = original(*args, **kwargs)
+                return memo[key]
         return original(*args, **kwargs)
 
     with mock.patch.object(model, "run_with_cache", run_with_cache):
