@@ -168,6 +168,9 @@ def markdown(results: dict[str, Any]) -> str:
                     row = next(r for r in p["rows"] if r["variant"] == name)
                     how = "list" if row.get("on_the_list") else ("exact" if "close_pairs" in name or "defaults" in name else "")
                     extra = f"{how}, {row['scans']} scans, {row['recomputed_steps']} recomputed" if how else ""
+                    if "bf16_value_rel_error" in row:
+                        extra += (f"; bf16 error: value {row['bf16_value_rel_error']:.1e}, "
+                                  f"gradient {row['bf16_grad_rel_error']:.1e}")
                     cells.append(f"{row['ratio_to_standard']:.2f}" + (f" ({extra})" if extra else ""))
                 out.append(f"| {name} | " + " | ".join(cells) + f" | **{group['run_average_ratio'][name]:.2f}** |")
             std = [p["rows"][0]["seconds_per_step"] for p in group["phases"]]

@@ -148,6 +148,8 @@ def build_variants(
         ("ortho exact", {"ortho_mode": "exact"}),
         ("ortho chunked", {"ortho_mode": "chunked"}),
         ("ortho close_pairs, reuse step", {"ortho_mode": "close_pairs"}),
+        *([("ortho exact, bf16 products", {"ortho_mode": "exact", "ortho_matmul_dtype": "bfloat16"})]
+          if torch.device(device).type == "cuda" else []),  # a GPU option: slower than float32 on most CPUs
     ]:
         sae = ours(**kwargs)
         variants.append(StepVariant(name, sae, coefficients(sae), lr=0.0 if "reuse" in name else 3e-4))

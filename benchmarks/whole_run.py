@@ -28,10 +28,13 @@ import torch
 from benchmarks.measure import synchronize
 from benchmarks.step import StepShape, StepVariant
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
+from orthosae_plugin.orthogonality import ortho_penalty_exact
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
 
 ANNEAL_STEPS = 10_000
 """Anneal horizon of the SAEs (a run's total steps)."""
+BF16 = "defaults + ortho_matmul_dtype=bfloat16"
+"""The defaults with bf16 products (timed on CUDA only), and its error against float32."""
 
 
 @dataclass
@@ -58,10 +61,13 @@ def variants(shape: StepShape, device: str, compare: bool = True, seed: int = 0)
     defaults = OrthoContrastiveTrainingSAEConfig
     for name, kwargs in [
         (f"defaults (close_pairs, ortho_lazy_every={defaults.ortho_lazy_every})", {}),
+        (BF16, {"ortho_matmul_dtype": "bfloat16"}),
         ("close_pairs, every step (ortho_lazy_every=1)", {"ortho_lazy_every": 1}),
         ("exact, every step", {"ortho_mode": "exact", "ortho_lazy_every": 1}),
     ]:
         if kwargs and not compare:
+            continue
+        if name == BF16 and not bf16_timed_on(device):
             continue
         if name.startswith("close_pairs, every step") and defaults.ortho_lazy_every == 1:
             continue  # the same as the defaults
@@ -73,6 +79,11 @@ def variants(shape: StepShape, device: str, compare: bool = True, seed: int = 0)
         coefficients = {"l1": cfg.l1_coefficient, "ortho": cfg.ortho_coefficient, "contrastive": cfg.contrastive_coefficient}
         out.append(StepVariant(name, sae, coefficients, pin_clock=False))
     return out
+
+
+def bf16_timed_on(device: str) -> bool:
+    """bf16 products are a GPU option (most CPUs run them slower than float32): timed on CUDA."""
+    return torch.device(device).type == "cuda"
 
 
 def _phase_start(phase: float, steps: int, warmup: int) -> int:
@@ -140,6 +151,8 @@ def run(
                         listed_share=None if sae.ortho_close_pairs is None else sae.ortho_close_pairs.shape[0] / (n * (n - 1)),
                         on_the_list=sae.cfg.ortho_mode == "close_pairs" and sae.ortho_close_pairs is not None,
                     )
+                    if sae.cfg.ortho_matmul_dtype != "float32":
+                        row.update(bf16_error(sae, row["tau"]))
                 rows.append(row)
             phases.append({"phase": phase, "first_timed_step": start + spec.warmup, "rows": rows})
             progress("  phase {:.2f} (tau {:.3f}): ".format(phase, rows[1]["tau"]) + ", ".join(
@@ -153,6 +166,21 @@ def run(
             "anneal_steps": ANNEAL_STEPS, "phases": phases, "run_average_ratio": run_average,
         })
     return results
+
+
+def bf16_error(sae: OrthoContrastiveTrainingSAE, tau: float) -> dict[str, float]:
+    """The exact term with bf16 products against float32 on ``sae``'s current decoder:
+    relative errors of the value and of the gradient."""
+    values, grads = [], []
+    for dtype in (torch.bfloat16, None):
+        D_nd = sae.unit_decoder().detach().requires_grad_()
+        value = ortho_penalty_exact(D_nd, tau, sae.cfg.ortho_block_size, dtype)
+        (grad,) = torch.autograd.grad(value, D_nd)
+        values.append(value.item()), grads.append(grad)
+    return {
+        "bf16_value_rel_error": abs(values[0] - values[1]) / max(abs(values[1]), 1e-30),
+        "bf16_grad_rel_error": ((grads[0] - grads[1]).norm() / grads[1].norm().clamp_min(1e-30)).item(),
+    }
 
 
 def trapezoid_mean(xs: list[float], ys: list[float]) -> float:

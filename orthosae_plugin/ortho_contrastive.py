@@ -55,6 +55,7 @@ from typing_extensions import override
 
 from orthosae_plugin.contrastive import make_projection, self_contrastive_loss
 from orthosae_plugin.orthogonality import (
+    ORTHO_MATMUL_DTYPES,
     close_pair_scan,
     decoder_pair_stats,
     drift_bound,
@@ -215,6 +216,15 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
 
     ortho_block_size: int = 1024
     """Rows of the cosine matrix computed at a time (memory knob; does not change the loss)."""
+
+    ortho_matmul_dtype: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the products behind the cosines and the gradient of 'exact' and
+    'chunked' and of the 'close_pairs' scans. 'float32': the decoder's own precision (at
+    least float32). 'bfloat16': bf16 products, float32 thresholds and sums: several times
+    faster on GPUs with bf16 tensor cores (README, "Speed and memory"), usually slower on
+    CPUs. The term is then an approximation (each cosine within 0.0117 of its float32
+    value, in practice ~1e-4); the scans allow for that bound, so a list stays complete.
+    The listed pairs themselves are always computed in float32."""
 
     ortho_chunk_size: int = 4096
     """Latents per chunk in 'chunked' mode (>= 2); changes which pairs are penalised."""
@@ -502,6 +512,10 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
             self.n_steps_trained.fill_(step + 1)
         self._clock_cache = (self.n_steps_trained, self.n_steps_trained._version, step + 1)
 
+    @property
+    def _ortho_matmul_dtype(self) -> torch.dtype | None:
+        return ORTHO_MATMUL_DTYPES[self.cfg.ortho_matmul_dtype]
+
     def unit_decoder(self) -> torch.Tensor:
         """``W_dec`` with unit-norm rows, ``(d_sae, d_in)``, in at least float32 (the
         cosines of a bf16/fp16 decoder are computed in float32; the gradient flows back
@@ -583,13 +597,13 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
                 return ortho_penalty_pairs(D_nd, tau, pairs_P2, self.ortho_close_pair_rows)
             # Too many close pairs for a list: the same loss, computed densely.
         if self.cfg.ortho_mode != "chunked":
-            return ortho_penalty_exact(D_nd, tau, self.cfg.ortho_block_size)
+            return ortho_penalty_exact(D_nd, tau, self.cfg.ortho_block_size, self._ortho_matmul_dtype)
         # A permutation that depends only on (seed, step), so a resumed run draws the same ones.
         generator = torch.Generator(device="cpu").manual_seed(
             self.cfg.projection_seed * 1_000_003 + step
         )
         return ortho_penalty_chunked(
-            D_nd, tau, self.cfg.ortho_chunk_size, generator, self.cfg.ortho_block_size
+            D_nd, tau, self.cfg.ortho_chunk_size, generator, self.cfg.ortho_block_size, self._ortho_matmul_dtype
         )
 
     def forget_close_pairs(self) -> None:
@@ -624,7 +638,8 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
                 self.cfg.ortho_max_pair_fraction * n * (n - 1), self.cfg.ortho_max_pairs_per_latent * n
             ))
             threshold = max(self.ortho_threshold_at(step) - self.cfg.ortho_margin, 0.0)
-            self.ortho_close_pairs = close_pair_scan(D_nd, threshold, self.cfg.ortho_block_size, max_pairs=max_pairs)
+            self.ortho_close_pairs = close_pair_scan(D_nd, threshold, self.cfg.ortho_block_size, max_pairs=max_pairs,
+                                                     matmul_dtype=self._ortho_matmul_dtype)
             listed = self.ortho_close_pairs is not None
             self.ortho_scan_decoder = D_nd.clone() if listed else None
             self.ortho_close_pair_rows = pair_row_pointers(self.ortho_close_pairs, n) if listed else None
@@ -803,12 +818,13 @@ class OrthoContrastiveMatryoshkaBatchTopKTrainingSAE(  # type: ignore[misc]
                 same_P = group_P2[:, 0] == group_P2[:, 1]
                 return ortho_penalty_pairs(D_nd, tau, pairs_P2[same_P if pairs == "within_groups" else ~same_P])
         return matryoshka_ortho_penalty(
-            D_nd, tau, self.cfg.matryoshka_widths, pairs, self.cfg.ortho_block_size
+            D_nd, tau, self.cfg.matryoshka_widths, pairs, self.cfg.ortho_block_size, self._ortho_matmul_dtype
         )
 
 
 def matryoshka_ortho_penalty(
-    D_nd: torch.Tensor, tau: float, widths: list[int], pairs: str, block_size: int = 1024
+    D_nd: torch.Tensor, tau: float, widths: list[int], pairs: str, block_size: int = 1024,
+    matmul_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The exact penalty's terms over the pairs within one prefix level
     (``pairs='within_groups'``) or across two levels (``'across_groups'``), divided by
@@ -824,11 +840,11 @@ def matryoshka_ortho_penalty(
     within = D_nd.sum() * 0.0
     for start, stop in zip([0, *widths[:-1]], widths):
         if stop - start >= 2:
-            within = within + thresholded_cosine_squared_sum(D_nd[start:stop], tau, block_size)
+            within = within + thresholded_cosine_squared_sum(D_nd[start:stop], tau, block_size, matmul_dtype)
     if pairs == "within_groups":
         total = within
     elif pairs == "across_groups":
-        total = thresholded_cosine_squared_sum(D_nd, tau, block_size) - within
+        total = thresholded_cosine_squared_sum(D_nd, tau, block_size, matmul_dtype) - within
     else:
         raise ValueError(f"pairs={pairs!r} is invalid: allowed are within_groups, across_groups")
     return total / (n * (n - 1))

@@ -25,6 +25,14 @@ fp32 at ``n = 65536``, so nothing here ever materialises it whole.
   are all the pairs that contribute, and the list's loss IS the exact loss.
 - :func:`decoder_pair_stats`: the max |cos| and the share of pairs above ``tau``, for
   logging.
+
+``matmul_dtype`` (exact, chunked and the scan): the cosine and gradient products in a
+lower precision (``torch.bfloat16``: several times faster on GPUs with bf16 tensor cores,
+slower on most CPUs), accumulated and thresholded in float32. A bf16 cosine of two unit
+rows is within :func:`matmul_rounding_bound` (3 units of bf16 roundoff, 0.0117) of the
+float32 one, so the scan lowers its threshold by that much and the list stays provably
+complete; the penalty and its gradient become approximations (their measured error is in
+the README and ``benchmarks/results/speed``).
 """
 
 from __future__ import annotations
@@ -37,6 +45,17 @@ from torch.nn import functional as F
 
 ORTHO_MODES = ("exact", "chunked", "close_pairs")
 ORTHO_LAZY_MODES = ("weighted", "reuse")
+ORTHO_MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+"""``ortho_matmul_dtype`` values: None = the decoder's own (at least float32) precision."""
+
+
+def matmul_rounding_bound(matmul_dtype: torch.dtype | None) -> float:
+    """How far a cosine of two unit rows computed in ``matmul_dtype`` can be from the exact
+    one: 2u for rounding both rows (Cauchy-Schwarz) plus u for rounding the result, with u
+    the dtype's unit roundoff (``finfo.eps / 2``); 0 for None (full precision)."""
+    if matmul_dtype is None:
+        return 0.0
+    return 3.0 * torch.finfo(matmul_dtype).eps / 2
 
 
 def ortho_threshold(step: int, start: float, end: float, horizon: int) -> float:
@@ -58,14 +77,16 @@ def _block_cosines(D_nd: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     return C_bn
 
 
-def _upper_blocks(D_nd: torch.Tensor, block_size: int):
+def _upper_blocks(D_nd: torch.Tensor, block_size: int, D_mm: torch.Tensor | None = None):
     """``(start, stop, C_bm)`` for each row block: rows ``start:stop`` of ``C`` against the
     columns ``j >= start``, with the diagonal block's lower triangle and diagonal set to 0,
-    so that every unordered pair ``i < j`` appears exactly once."""
+    so that every unordered pair ``i < j`` appears exactly once. ``D_mm``: the rows in the
+    products' dtype (``C_bm`` is returned in ``D_nd``'s)."""
     n = D_nd.shape[0]
+    D_mm = D_nd if D_mm is None else D_mm
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        C_bm = D_nd[start:stop] @ D_nd[start:].T  # (b, n - start)
+        C_bm = (D_mm[start:stop] @ D_mm[start:].T).to(D_nd.dtype)  # (b, n - start)
         C_bm[:, : stop - start].triu_(diagonal=1)
         yield start, stop, C_bm
 
@@ -83,16 +104,18 @@ class _ThresholdedCosineSquaredSum(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, D_nd: torch.Tensor, tau: float, block_size: int, with_grad: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(ctx, D_nd: torch.Tensor, tau: float, block_size: int, with_grad: bool,  # type: ignore[override]
+                matmul_dtype: torch.dtype | None = None) -> torch.Tensor:
         total = torch.zeros((), dtype=torch.float32, device=D_nd.device)
         grad_nd = torch.zeros_like(D_nd) if with_grad else None
-        for start, stop, C_bm in _upper_blocks(D_nd, block_size):
+        D_mm = D_nd if matmul_dtype is None else D_nd.to(matmul_dtype)
+        for start, stop, C_bm in _upper_blocks(D_nd, block_size, D_mm):
             excess_bm = F.relu(C_bm.abs() - tau)
             total += excess_bm.float().pow(2).sum()
             if grad_nd is not None:
-                G_bm = excess_bm.mul_(torch.sign(C_bm)).mul_(2.0)  # G on the upper triangle
-                grad_nd[start:stop] += G_bm @ D_nd[start:]
-                grad_nd[start:] += G_bm.T @ D_nd[start:stop]
+                G_bm = excess_bm.mul_(torch.sign(C_bm)).mul_(2.0).to(D_mm.dtype)  # G on the upper triangle
+                grad_nd[start:stop] += G_bm @ D_mm[start:]
+                grad_nd[start:] += G_bm.T @ D_mm[start:stop]
         ctx.save_for_backward(grad_nd if grad_nd is not None else D_nd.new_zeros(0))
         return (2.0 * total).to(D_nd.dtype)
 
@@ -101,29 +124,32 @@ class _ThresholdedCosineSquaredSum(torch.autograd.Function):
         (grad_nd,) = ctx.saved_tensors
         if grad_nd.numel() == 0:
             raise RuntimeError("thresholded_cosine_squared_sum: the forward ran without a gradient")
-        return grad_nd * (2.0 * grad_out.to(grad_nd.dtype)), None, None, None
+        return grad_nd * (2.0 * grad_out.to(grad_nd.dtype)), None, None, None, None
 
 
 def thresholded_cosine_squared_sum(
-    D_nd: torch.Tensor, tau: float, block_size: int
+    D_nd: torch.Tensor, tau: float, block_size: int, matmul_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """``sum_{i != j} relu(|D_i . D_j| - tau)^2`` in ``O(block_size * n + n d_in)`` memory."""
     with_grad = torch.is_grad_enabled() and D_nd.requires_grad
-    return _ThresholdedCosineSquaredSum.apply(D_nd, float(tau), int(block_size), with_grad)  # type: ignore[no-any-return]
+    return _ThresholdedCosineSquaredSum.apply(D_nd, float(tau), int(block_size), with_grad, matmul_dtype)  # type: ignore[no-any-return]
 
 
-def ortho_penalty_exact(D_nd: torch.Tensor, tau: float, block_size: int = 1024) -> torch.Tensor:
+def ortho_penalty_exact(
+    D_nd: torch.Tensor, tau: float, block_size: int = 1024, matmul_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """``mean_{i != j} relu(|C_ij| - tau)^2`` over all ``n (n - 1)`` ordered pairs.
 
     Args:
         D_nd: decoder directions with unit-norm rows, ``(n, d_in)``.
         tau: threshold in ``[0, 1]``.
         block_size: rows of ``C`` computed at a time; changes memory, not the result.
+        matmul_dtype: the products in this dtype (module docstring); None: ``D_nd``'s.
     """
     n = D_nd.shape[0]
     if n < 2:
         return D_nd.sum() * 0.0
-    return thresholded_cosine_squared_sum(D_nd, tau, block_size) / (n * (n - 1))
+    return thresholded_cosine_squared_sum(D_nd, tau, block_size, matmul_dtype) / (n * (n - 1))
 
 
 def ortho_penalty_chunked(
@@ -132,6 +158,7 @@ def ortho_penalty_chunked(
     chunk_size: int,
     generator: torch.Generator,
     block_size: int = 1024,
+    matmul_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The penalty over pairs inside random chunks of at most ``chunk_size`` latents.
 
@@ -149,7 +176,7 @@ def ortho_penalty_chunked(
         c = chunk_cd.shape[0]
         if c < 2:
             continue
-        total = total + thresholded_cosine_squared_sum(chunk_cd, tau, block_size)
+        total = total + thresholded_cosine_squared_sum(chunk_cd, tau, block_size, matmul_dtype)
         n_pairs += c * (c - 1)
     return total / max(n_pairs, 1)
 
@@ -160,8 +187,11 @@ def close_pair_scan(
     threshold: float,
     block_size: int = 1024,
     max_pairs: int | None = None,
+    matmul_dtype: torch.dtype | None = None,
 ) -> torch.Tensor | None:
     """Every ordered pair ``(i, j)``, ``i != j``, with ``|C_ij| > threshold``, blockwise.
+    With a ``matmul_dtype``, the cosines are computed in it and the threshold is lowered by
+    :func:`matmul_rounding_bound`, so the list still holds every such pair (and a few more).
 
     Returns an int32 ``(P, 2)`` tensor holding both ``(i, j)`` and ``(j, i)``, sorted by
     ``i`` then ``j`` (the row-major order of a CSR matrix), or None as soon as more than
@@ -173,12 +203,13 @@ def close_pair_scan(
     n = D_nd.shape[0]
     if n > torch.iinfo(torch.int32).max:
         raise ValueError(f"d_sae={n} is invalid for the close-pair list: it must be < 2^31")
-    threshold = max(float(threshold), 0.0)
+    threshold = max(float(threshold) - matmul_rounding_bound(matmul_dtype), 0.0)
+    D_mm = D_nd if matmul_dtype is None else D_nd.to(matmul_dtype)
     upper: list[torch.Tensor] = []
     n_found = 0
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        C_bm = D_nd[start:stop] @ D_nd[start:].T  # rows start:stop, columns j >= start
+        C_bm = (D_mm[start:stop] @ D_mm[start:].T).to(D_nd.dtype)  # rows start:stop, columns j >= start
         # strictly above the diagonal: local column c > local row r, i.e. j > i
         close_bm = torch.triu(C_bm.abs() > threshold, diagonal=1)
         pairs_U2 = close_bm.nonzero() + start

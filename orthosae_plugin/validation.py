@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from sae_lens.constants import DTYPE_MAP
 
-from orthosae_plugin.orthogonality import ORTHO_LAZY_MODES, ORTHO_MODES
+from orthosae_plugin.orthogonality import ORTHO_LAZY_MODES, ORTHO_MATMUL_DTYPES, ORTHO_MODES
 
 if TYPE_CHECKING:
     from orthosae_plugin.ortho_contrastive import OrthoContrastiveTrainingSAEConfig
@@ -186,6 +186,7 @@ def _check_ortho_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
     check_bool(cfg, "ortho_anneal_steps_derived")
     check_choice(cfg, "ortho_mode", ORTHO_MODES, "modes")
     check_integer(cfg, "ortho_block_size", 1, ">= 1 (rows of the cosine matrix computed at a time)")
+    check_choice(cfg, "ortho_matmul_dtype", tuple(ORTHO_MATMUL_DTYPES), "dtypes")
     check_integer(cfg, "ortho_chunk_size", 2, ">= 2 (a chunk needs >= 2 latents to hold a pair)")
     check_real(cfg, "ortho_margin", "in [0, 1] (a |cosine| margin)", 0.0, 1.0)
     check_integer(cfg, "ortho_rescan_every", 1, ">= 1 step")

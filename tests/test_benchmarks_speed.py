@@ -45,3 +45,15 @@ def test_merge_keeps_the_sections_not_rerun_with_their_own_command(tmp_path):
     assert {"memory", "whole_run"} <= set(results)
     assert "--sections memory" in results["section_meta"]["memory"]["command"]
     assert "--sections whole_run" in results["section_meta"]["whole_run"]["command"]
+
+
+def test_whole_run_times_bf16_products_where_they_are_timed_and_reports_their_error(tmp_path, monkeypatch):
+    from benchmarks import whole_run
+
+    monkeypatch.setattr(whole_run, "bf16_timed_on", lambda device: True)  # CUDA only outside this test
+    results = speed.main(["--preset", "smoke", "--out", str(tmp_path), "--sections", "whole_run"])
+    rows = [row for phase in results["whole_run"][0]["phases"] for row in phase["rows"] if row["variant"] == whole_run.BF16]
+    assert len(rows) == 2
+    for row in rows:
+        assert 0 <= row["bf16_value_rel_error"] < 0.05 and 0 <= row["bf16_grad_rel_error"] < 0.05
+    assert "bf16 error: value" in (tmp_path / "results.md").read_text()

@@ -77,6 +77,25 @@ def test_close_pairs_equals_a_naive_exact_reference_at_every_step_across_rescans
     assert sae.ortho_recomputed_steps >= 1  # and at least one step the check caught late
 
 
+@pytest.mark.parametrize("mode", ["close_pairs", "exact"])
+def test_bf16_products_approximate_the_float32_reference_at_every_step(mode):
+    torch.manual_seed(0)
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode=mode, ortho_matmul_dtype="bfloat16", ortho_margin=0.02,
+                                                ortho_anneal_steps=12, ortho_threshold_start=0.4))
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for step in range(12):
+        x = batch(step)
+        want_ortho, want_loss, want_grads = reference_step(sae, x, step, ortho_weight=1.0)
+        out = sae.training_forward_pass(step_input(x))
+        out.loss.backward()
+        assert abs(out.losses["ortho_loss"] - want_ortho) <= 0.02 * want_ortho
+        grad, ref = sae.W_dec.grad, want_grads["W_dec"]
+        assert (grad - ref).norm() <= 0.02 * ref.norm()
+        opt.step()
+        opt.zero_grad()
+    assert mode == "exact" or sae.ortho_scans >= 2
+
+
 def orthogonal_sae(**kwargs) -> OrthoContrastiveTrainingSAE:
     """An SAE whose 64 first decoder rows are orthonormal (no pair listed at a threshold > 0)."""
     sae = OrthoContrastiveTrainingSAE(build_cfg(d_sae=64, ortho_margin=0.05, **kwargs))

@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from orthosae_plugin.orthogonality import (
     close_pair_scan,
+    matmul_rounding_bound,
     decoder_pair_stats,
     drift_bound,
     ortho_penalty_chunked,
@@ -284,3 +285,47 @@ def test_no_cosine_moves_more_than_the_drift_bound(step_size):
     assert (change_nn <= moved_n[:, None] + moved_n[None, :] + 1e-12).all()
     off_diagonal = ~torch.eye(64, dtype=torch.bool)
     assert change_nn[off_diagonal].max() <= drift_bound(D, D_scan) + 1e-12
+
+
+# ------------------------------------------------------------------ bf16 products
+
+
+def test_bf16_products_keep_every_cosine_within_the_stated_bound():
+    D = random_unit_decoder(300, 64, seed=5).float()
+    exact = D @ D.T
+    rounded = (D.bfloat16() @ D.bfloat16().T).float()
+    bound = matmul_rounding_bound(torch.bfloat16)
+    assert bound == pytest.approx(3 * 2.0**-8)
+    assert (rounded - exact).abs().max() <= bound
+    assert matmul_rounding_bound(None) == 0.0
+
+
+@pytest.mark.parametrize("tau", [0.05, 0.3])
+def test_exact_with_bf16_products_is_close_to_the_reference_in_value_and_gradient(tau):
+    D = random_unit_decoder(96, 32, seed=2).float()
+    got, got_grad = value_and_grad(lambda D: ortho_penalty_exact(D, tau, 40, matmul_dtype=torch.bfloat16), D)
+    want, want_grad = value_and_grad(lambda D: naive_ortho_penalty(D, tau), D)
+    assert want > 0
+    assert got.dtype == torch.float32 and got_grad.dtype == torch.float32
+    assert abs(got - want) / want < 0.02
+    assert (got_grad - want_grad).norm() / want_grad.norm() < 0.02
+    assert F.cosine_similarity(got_grad.flatten(), want_grad.flatten(), dim=0) > 0.999
+
+
+def test_a_bf16_scan_lists_every_pair_a_float32_scan_lists():
+    D = random_unit_decoder(200, 24, seed=3).float()
+    for threshold in (0.05, 0.2, 0.5):
+        full = set(map(tuple, close_pair_scan(D, threshold, 64).tolist()))
+        bf16 = set(map(tuple, close_pair_scan(D, threshold, 64, matmul_dtype=torch.bfloat16).tolist()))
+        assert full <= bf16
+        C = D @ D.T
+        for i, j in bf16 - full:  # the extra pairs lie within twice the bound below it
+            assert abs(C[i, j]) > threshold - 2 * matmul_rounding_bound(torch.bfloat16)
+
+
+def test_chunked_passes_the_products_dtype_on():
+    D = random_unit_decoder(64, 16, seed=4).float()
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    bf16 = ortho_penalty_chunked(D, 0.1, 64, g(), matmul_dtype=torch.bfloat16)
+    assert_close(bf16, ortho_penalty_exact(D, 0.1, matmul_dtype=torch.bfloat16))
+    assert bf16 != ortho_penalty_exact(D, 0.1)

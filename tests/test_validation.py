@@ -68,6 +68,7 @@ BAD_VALUES = [
     ({"apply_b_dec_to_input": "yes"}, r"apply_b_dec_to_input='yes' is invalid: it must be True or False"),
     ({"decoder_init_norm": nan}, r"decoder_init_norm=nan is invalid"),
     ({"ortho_mode": 3}, r"ortho_mode=3 is invalid: allowed modes are"),
+    ({"ortho_matmul_dtype": "float16"}, r"ortho_matmul_dtype='float16' is invalid: allowed dtypes are float32, bfloat16"),
     ({"ortho_lazy_mode": "stale"}, r"ortho_lazy_mode='stale' is invalid: allowed modes are weighted, reuse"),
     ({"sparsity_base": None}, r"sparsity_base=None is invalid: allowed bases are"),
 ]
@@ -172,6 +173,7 @@ FIELD_SPACE = {  # field: (valid values, bad values)
     "ortho_anneal_steps": (st.none() | st.integers(1, 100), BAD_INT),
     "ortho_mode": (st.sampled_from(["exact", "chunked", "close_pairs"]), st.sampled_from(["fast", 1, None])),
     "ortho_block_size": (st.integers(1, 32), BAD_INT),
+    "ortho_matmul_dtype": (st.sampled_from(["float32", "bfloat16"]), st.sampled_from(["float16", 16, None])),
     "ortho_chunk_size": (st.integers(2, 32), BAD_INT | st.just(1)),
     "ortho_margin": (floats(0, 1), BAD_REAL),
     "ortho_rescan_every": (st.integers(1, 5), BAD_INT),
