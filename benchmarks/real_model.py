@@ -142,16 +142,14 @@ class BenchConfig:
     """SAEs read ``blocks.{layer}.hook_resid_post`` (DESIGN §6's measurements are at 15)."""
     d_sae: int = 2304
     """Latents (4 x SmolLM2's d_model 576)."""
-    training_tokens: int = 614_400
-    """Tokens per SAE: 1024 steps of 600, near DESIGN §6's 600k-token ``standard`` SAE,
-    which the alarm trusted. The committed --quick run used 204,800 tokens (1024 steps of
-    200): the alarm flagged 9 of 12 SAEs, every SAELens baseline among them. Measured in
-    that run (2 threads, CPU partly shared with test runs, issue 12's ortho term): training
-    38-222 s a run (``ortho_contrastive`` 61-87 s on the ReLU and Matryoshka bases),
-    evals ~50-150 s a run plus ~6 min once for SAEBench's ground-truth probe. At 614,400
-    tokens expect ~3x the training time, and ~8-17 min to cache the activations once.
-    Not yet run at this budget."""
-    batch_size: int = 600
+    training_tokens: int = 204_800
+    """Tokens per SAE: 1024 steps of 200, the budget at which the full grid (36 runs) fits
+    in about 2 hours of this 2-core CPU (the committed grid: training 28-222 s a run,
+    evals ~50 s a run plus ~6 min once for SAEBench's ground-truth probe, ~4 min to cache
+    the activations once). At this budget the alarm flags most SAELens baselines
+    (README, "Results"); ``--tokens 614400 --batch-size 600`` (DESIGN §6's 600k-token
+    ``standard`` SAE, which the alarm trusted) costs ~3x the training time."""
+    batch_size: int = 200
     lr: float = 1e-3
     lr_decay_fraction: float = 0.2
     """Share of the steps over which the learning rate decays linearly to 0."""
