@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sae_bench
+import numpy as np
 import torch
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_bench.evals.absorption.eval_output import AbsorptionEvalOutput
@@ -244,6 +245,29 @@ def test_second_model_with_the_same_name_does_not_reuse_the_first_models_probe(
     assert shared.eval_result_metrics == fresh.eval_result_metrics
     assert shared.eval_result_details == fresh.eval_result_details
     assert len(list((reference_runs["out"] / "probes").iterdir())) == 2
+
+
+def test_k_sparse_probes_start_from_the_same_random_state_whether_the_probe_was_trained_or_loaded(
+    planted, tmp_path, monkeypatch
+):
+    # Training the ground-truth probe draws random numbers, loading it does not; an SAE's
+    # scores must not depend on which happened (on SmolLM2 one SAE scored 0.055 and 0.047).
+    from orthosae_plugin.evals import absorption as module
+
+    states = []
+    original = module.run_k_sparse_probing_experiment
+
+    def recording(**kwargs):
+        states.append((torch.random.get_rng_state().clone(), np.random.get_state()[1].copy()))
+        return original(**kwargs)
+
+    monkeypatch.setattr(module, "run_k_sparse_probing_experiment", recording)
+    sae = build_reference_sae(planted, 3)
+    for name in ("trains_the_probe", "loads_the_probe"):
+        run_absorption_eval(sae, planted.model, tmp_path, FAST_CONFIG, sae_name=name, show_progress=False)
+    (torch_trained, numpy_trained), (torch_loaded, numpy_loaded) = states
+    assert torch.equal(torch_trained, torch_loaded)
+    assert (numpy_trained == numpy_loaded).all()
 
 
 def test_a_shared_forward_memo_runs_the_model_once_for_several_saes_and_changes_no_score(
