@@ -105,6 +105,7 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
     step = sae.current_step()
     max_cos, frac_above = decoder_pair_stats(sae.unit_decoder().detach(), sae.ortho_threshold_at(step))
     c = sae.cfg
+    last_ortho = next((h["ortho_loss"] for h in reversed(history) if h.get("ortho_loss", 0.0) > 0), 0.0)
     phases = [("load model", "start", "model"), ("cache activations", "model", "activations"),
               ("train", "activations", "training"), ("held-out eval", "training", "eval")]
     print(
@@ -119,6 +120,8 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
         f"{c.contrastive_warm_up_steps} steps, k={c.projection_dim}\n"
         f"  decoder max |cos|      {max_cos:.3f}; pairs above threshold {frac_above:.2%}\n"
         f"  last step's losses     " + ", ".join(f"{k}={v:.4f}" for k, v in history[-1].items()) + "\n"
+        f"  ortho term             computed every {c.ortho_lazy_every} steps with that weight "
+        f"({c.ortho_lazy_mode}); last computed value {last_ortho:.4f}\n"
         f"Held-out text ({metrics['n_tokens']:,} tokens never trained on; SAELens's metric definitions, position 0 "
         f"excluded):\n"
         f"  L0                     {metrics['l0']:.1f}\n"

@@ -94,6 +94,7 @@ def test_demo_trains_on_smollm2_saves_and_reports(tmp_path, smollm2_activations)
     out = result.stdout
     assert "on blocks.15.hook_resid_post of SmolLM2-135M-Instruct (smollm2-135m-instruct-q4_1)" in out
     assert "steps trained          40 (= 20000 tokens // batch 500)" in out
+    assert "ortho term             computed every 4 steps with that weight (weighted)" in out
     assert f"Saved a plugin-free `standard` SAE to {tmp_path / 'sae'}" in out
     ev = float(re.search(r"explained variance\s+(\S+)", out).group(1))
     ce = float(re.search(r"CE-loss recovered\s+(\S+)", out).group(1))
