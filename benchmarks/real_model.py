@@ -1,8 +1,8 @@
 """SAELens's architectures against ``ortho_contrastive`` on a real language model:
 SAEBench first-letter absorption, reconstruction and CE-loss recovered, at matched L0.
 
-    python -m benchmarks.real_model --quick          # one sparsity setting per arm (~20 min, 2 cores)
-    python -m benchmarks.real_model                  # the full grid (~2 h of CPU), resumable
+    python -m benchmarks.real_model --quick          # one sparsity setting per arm (16 min on 2 idle cores, caches warm)
+    python -m benchmarks.real_model                  # the full grid (36 runs, ~1-1.5 h on 2 cores), resumable
     python -m benchmarks.real_model --device cuda --preset gpu   # bigger SAEs, full vocabulary
     python -m benchmarks.real_model --from-runs      # re-tabulate the saved runs, train nothing
     python -m benchmarks.real_model --help
