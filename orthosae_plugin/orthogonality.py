@@ -30,15 +30,18 @@ fp32 at ``n = 65536``, so nothing here ever materialises it whole.
 lower precision (``torch.bfloat16``: several times faster on GPUs with bf16 tensor cores,
 slower on most CPUs), accumulated and thresholded in float32. A bf16 cosine of two unit
 rows is within :func:`matmul_rounding_bound` (3 units of bf16 roundoff, 0.0117) of the
-float32 one, so the scan lowers its threshold by that much and the list stays provably
-complete; the penalty and its gradient become approximations (their measured error is in
+float32 one when the products accumulate in float32 (:func:`float32_accumulation` makes
+sure of it on CUDA), so the scan lowers its threshold by that much and the list stays
+provably complete; the penalty and its gradient become approximations (their measured error is in
 the README and ``benchmarks/results/speed``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch.nn import functional as F
@@ -56,6 +59,24 @@ def matmul_rounding_bound(matmul_dtype: torch.dtype | None) -> float:
     if matmul_dtype is None:
         return 0.0
     return 3.0 * torch.finfo(matmul_dtype).eps / 2
+
+
+@contextlib.contextmanager
+def float32_accumulation(matmul_dtype: torch.dtype | None) -> Iterator[None]:
+    """While it runs, CUDA bf16 products accumulate in float32, so that
+    :func:`matmul_rounding_bound` holds: PyTorch's default lets cuBLAS round split-K partial
+    sums to bf16 (``torch.backends.cuda.matmul.allow_bf16_reduced_precision_reduction``).
+    The flag is put back afterwards. Nothing changes for ``matmul_dtype=None``."""
+    if matmul_dtype is None:
+        yield
+        return
+    flags = torch.backends.cuda.matmul
+    before = flags.allow_bf16_reduced_precision_reduction
+    flags.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        flags.allow_bf16_reduced_precision_reduction = before
 
 
 def ortho_threshold(step: int, start: float, end: float, horizon: int) -> float:
@@ -109,13 +130,14 @@ class _ThresholdedCosineSquaredSum(torch.autograd.Function):
         total = torch.zeros((), dtype=torch.float32, device=D_nd.device)
         grad_nd = torch.zeros_like(D_nd) if with_grad else None
         D_mm = D_nd if matmul_dtype is None else D_nd.to(matmul_dtype)
-        for start, stop, C_bm in _upper_blocks(D_nd, block_size, D_mm):
-            excess_bm = F.relu(C_bm.abs() - tau)
-            total += excess_bm.float().pow(2).sum()
-            if grad_nd is not None:
-                G_bm = excess_bm.mul_(torch.sign(C_bm)).mul_(2.0).to(D_mm.dtype)  # G on the upper triangle
-                grad_nd[start:stop] += G_bm @ D_mm[start:]
-                grad_nd[start:] += G_bm.T @ D_mm[start:stop]
+        with float32_accumulation(matmul_dtype):
+            for start, stop, C_bm in _upper_blocks(D_nd, block_size, D_mm):
+                excess_bm = F.relu(C_bm.abs() - tau)
+                total += excess_bm.float().pow(2).sum()
+                if grad_nd is not None:
+                    G_bm = excess_bm.mul_(torch.sign(C_bm)).mul_(2.0).to(D_mm.dtype)  # G on the upper triangle
+                    grad_nd[start:stop] += G_bm @ D_mm[start:]
+                    grad_nd[start:] += G_bm.T @ D_mm[start:stop]
         ctx.save_for_backward(grad_nd if grad_nd is not None else D_nd.new_zeros(0))
         return (2.0 * total).to(D_nd.dtype)
 
@@ -209,7 +231,8 @@ def close_pair_scan(
     n_found = 0
     for start in range(0, n, block_size):
         stop = min(start + block_size, n)
-        C_bm = (D_mm[start:stop] @ D_mm[start:].T).to(D_nd.dtype)  # rows start:stop, columns j >= start
+        with float32_accumulation(matmul_dtype):
+            C_bm = (D_mm[start:stop] @ D_mm[start:].T).to(D_nd.dtype)  # rows start:stop, columns j >= start
         # strictly above the diagonal: local column c > local row r, i.e. j > i
         close_bm = torch.triu(C_bm.abs() > threshold, diagonal=1)
         pairs_U2 = close_bm.nonzero() + start

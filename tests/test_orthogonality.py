@@ -9,6 +9,7 @@ from torch.testing import assert_close
 
 from orthosae_plugin.orthogonality import (
     close_pair_scan,
+    float32_accumulation,
     matmul_rounding_bound,
     decoder_pair_stats,
     drift_bound,
@@ -329,3 +330,28 @@ def test_chunked_passes_the_products_dtype_on():
     bf16 = ortho_penalty_chunked(D, 0.1, 64, g(), matmul_dtype=torch.bfloat16)
     assert_close(bf16, ortho_penalty_exact(D, 0.1, matmul_dtype=torch.bfloat16))
     assert bf16 != ortho_penalty_exact(D, 0.1)
+
+
+def test_bf16_products_accumulate_in_float32_while_they_run_and_the_flag_is_put_back(monkeypatch):
+    flags = torch.backends.cuda.matmul  # a module of properties: set and restored by hand
+    before = flags.allow_bf16_reduced_precision_reduction
+    flags.allow_bf16_reduced_precision_reduction = True
+    seen = []
+    D = random_unit_decoder(32, 8, seed=6).float()
+    original_to = torch.Tensor.to
+
+    def recording_to(self, *args, **kwargs):  # observed at the products' casts
+        seen.append(flags.allow_bf16_reduced_precision_reduction)
+        return original_to(self, *args, **kwargs)
+
+    try:
+        monkeypatch.setattr(torch.Tensor, "to", recording_to)
+        ortho_penalty_exact(D.requires_grad_(), 0.1, 8, matmul_dtype=torch.bfloat16)
+        close_pair_scan(D.detach(), 0.1, 8, matmul_dtype=torch.bfloat16)
+        monkeypatch.setattr(torch.Tensor, "to", original_to)
+        assert False in seen  # inside: reduced-precision reduction off
+        assert flags.allow_bf16_reduced_precision_reduction is True  # afterwards: as it was
+        with float32_accumulation(None):  # full precision: nothing touched
+            assert flags.allow_bf16_reduced_precision_reduction is True
+    finally:
+        flags.allow_bf16_reduced_precision_reduction = before
