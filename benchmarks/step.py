@@ -120,6 +120,11 @@ def threshold_for_listed_share(sae: OrthoContrastiveTrainingSAE, share: float) -
     return values[rows + int((1.0 - share) * (n_pairs - 1))].item()
 
 
+def bf16_timed_on(device: str) -> bool:
+    """bf16 products are a GPU option (most CPUs run them slower than float32): timed on CUDA."""
+    return torch.device(device).type == "cuda"
+
+
 def build_variants(
     shape: StepShape, device: str, listed_shares: list[float], seed: int = 0
 ) -> list[StepVariant]:
@@ -149,7 +154,7 @@ def build_variants(
         ("ortho chunked", {"ortho_mode": "chunked"}),
         ("ortho close_pairs, reuse step", {"ortho_mode": "close_pairs"}),
         *([("ortho exact, bf16 products", {"ortho_mode": "exact", "ortho_matmul_dtype": "bfloat16"})]
-          if torch.device(device).type == "cuda" else []),  # a GPU option: slower than float32 on most CPUs
+          if bf16_timed_on(device) else []),
     ]:
         sae = ours(**kwargs)
         variants.append(StepVariant(name, sae, coefficients(sae), lr=0.0 if "reuse" in name else 3e-4))

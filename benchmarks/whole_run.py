@@ -26,7 +26,7 @@ from typing import Any
 import torch
 
 from benchmarks.measure import synchronize
-from benchmarks.step import StepShape, StepVariant
+from benchmarks.step import StepShape, StepVariant, bf16_timed_on
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.orthogonality import ortho_penalty_exact
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -79,11 +79,6 @@ def variants(shape: StepShape, device: str, compare: bool = True, seed: int = 0)
         coefficients = {"l1": cfg.l1_coefficient, "ortho": cfg.ortho_coefficient, "contrastive": cfg.contrastive_coefficient}
         out.append(StepVariant(name, sae, coefficients, pin_clock=False))
     return out
-
-
-def bf16_timed_on(device: str) -> bool:
-    """bf16 products are a GPU option (most CPUs run them slower than float32): timed on CUDA."""
-    return torch.device(device).type == "cuda"
 
 
 def _phase_start(phase: float, steps: int, warmup: int) -> int:
