@@ -29,6 +29,7 @@ from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.orthogonality import (
     close_pair_scan,
     drift_bound,
+    max_listed_pairs,
     ortho_penalty_chunked,
     ortho_penalty_exact,
     ortho_penalty_pairs,
@@ -40,8 +41,9 @@ LIST, SCAN, OVERFULL, EXACT, CHUNKED = (
 
 
 def _max_pairs(n: int) -> int:
+    """The training class's cap on the list, at the config's defaults."""
     cfg = OrthoContrastiveTrainingSAEConfig
-    return int(min(cfg.ortho_max_pair_fraction * n * (n - 1), cfg.ortho_max_pairs_per_latent * n))
+    return max_listed_pairs(n, cfg.ortho_max_pair_fraction, cfg.ortho_max_pairs_per_latent)
 
 
 def run(

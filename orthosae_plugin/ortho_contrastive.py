@@ -59,6 +59,7 @@ from orthosae_plugin.orthogonality import (
     close_pair_scan,
     decoder_pair_stats,
     drift_bound,
+    max_listed_pairs,
     ortho_penalty_chunked,
     ortho_penalty_exact,
     ortho_penalty_pairs,
@@ -634,9 +635,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         )
         if due:
             n = D_nd.shape[0]
-            max_pairs = int(min(
-                self.cfg.ortho_max_pair_fraction * n * (n - 1), self.cfg.ortho_max_pairs_per_latent * n
-            ))
+            max_pairs = max_listed_pairs(n, self.cfg.ortho_max_pair_fraction, self.cfg.ortho_max_pairs_per_latent)
             threshold = max(self.ortho_threshold_at(step) - self.cfg.ortho_margin, 0.0)
             self.ortho_close_pairs = close_pair_scan(D_nd, threshold, self.cfg.ortho_block_size, max_pairs=max_pairs,
                                                      matmul_dtype=self._ortho_matmul_dtype)

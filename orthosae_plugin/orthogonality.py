@@ -246,6 +246,13 @@ def close_pair_scan(
     return pairs_P2[order_P]
 
 
+def max_listed_pairs(n: int, max_pair_fraction: float, max_pairs_per_latent: float) -> int:
+    """The most ordered pairs a close-pair list of ``n`` latents may hold: the smaller of
+    ``max_pair_fraction`` of all ``n (n - 1)`` and ``max_pairs_per_latent`` per latent
+    (the second keeps the list's memory linear in ``n``)."""
+    return int(min(max_pair_fraction * n * (n - 1), max_pairs_per_latent * n))
+
+
 def pair_row_pointers(pairs_P2: torch.Tensor, n: int) -> torch.Tensor:
     """CSR row pointers ``(n + 1,)`` of a row-sorted pair list (a device sync on GPU, where
     ``bincount`` sizes its output on the host: compute it once per list, at the scan)."""
