@@ -23,6 +23,7 @@ import argparse
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -44,6 +45,7 @@ def smollm2_rows(tokens: int = 204_800, batch_size: int = 200) -> tuple[list[dic
     source = rm.SmolLM2Source(bench)
     acts_ND, _, _ = rm.training_activations(source, bench)
     original = OrthoContrastiveTrainingSAE._close_pairs_at
+    headline = next(arm for arm in rm.ARMS if arm.name == "oc relu: both")  # the comparison's own arm
     rows = []
     for lazy in (1, 4):
         over_full: list[bool] = []
@@ -53,13 +55,14 @@ def smollm2_rows(tokens: int = 204_800, batch_size: int = 200) -> tuple[list[dic
             _over_full.append(pairs is None)
             return pairs
 
-        arm = rm.Arm("oc relu: both", rm.OC, "l1_coefficient", rm.L1_OC, {"ortho_lazy_every": lazy})
+        arm = replace(headline, sae_kwargs={**headline.sae_kwargs, "ortho_lazy_every": lazy})
         started = time.perf_counter()
         with mock.patch.object(OrthoContrastiveTrainingSAE, "_close_pairs_at", counting):
             sae, _, steps = rm.train(arm, 3.0, bench, source, acts_ND)
         end_tau = sae.cfg.ortho_threshold_end
-        max_cos, share_above = decoder_pair_stats(sae.unit_decoder().detach(), end_tau)
-        _, share_within_margin = decoder_pair_stats(sae.unit_decoder().detach(), max(end_tau - sae.cfg.ortho_margin, 0.0))
+        D_nd = sae.unit_decoder().detach()
+        max_cos, share_above = decoder_pair_stats(D_nd, end_tau)
+        _, share_within_margin = decoder_pair_stats(D_nd, max(end_tau - sae.cfg.ortho_margin, 0.0))
         row = {
             "source": "smollm2", "ortho_lazy_every": lazy, "l1_coefficient": 3.0, "steps": steps,
             "ortho_steps": len(over_full), "ortho_steps_on_the_list": over_full.count(False),

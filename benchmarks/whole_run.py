@@ -167,8 +167,9 @@ def bf16_error(sae: OrthoContrastiveTrainingSAE, tau: float) -> dict[str, float]
     """The exact term with bf16 products against float32 on ``sae``'s current decoder:
     relative errors of the value and of the gradient."""
     values, grads = [], []
+    unit_nd = sae.unit_decoder().detach()
     for dtype in (torch.bfloat16, None):
-        D_nd = sae.unit_decoder().detach().requires_grad_()
+        D_nd = unit_nd.clone().requires_grad_()
         value = ortho_penalty_exact(D_nd, tau, sae.cfg.ortho_block_size, dtype)
         (grad,) = torch.autograd.grad(value, D_nd)
         values.append(value.item()), grads.append(grad)
