@@ -118,7 +118,8 @@ class _ThresholdedCosineSquaredSum(torch.autograd.Function):
     ``C`` is symmetric, so each block of the upper triangle is computed once and serves
     both the value (counted twice: ``(i, j)`` and ``(j, i)``) and the gradient
     ``dS/dD = 2 G D`` with ``G_ij = 2 sign(C_ij) relu(|C_ij| - tau)``: a block ``G_IJ``
-    adds ``G_IJ D_J`` to rows ``I`` and ``G_IJ^T D_I`` to rows ``J``. When a gradient is
+    adds ``G_IJ D_J`` to rows ``I`` and ``G_IJ^T D_I`` to rows ``J`` (a diagonal block,
+    upper triangle only, adds ``(G_II + G_II^T) D_I`` in one product). When a gradient is
     needed it is computed in the forward pass and kept (``(n, d_in)``), so the backward is
     a scaling: ``1.5 n^2 d_in`` multiply-adds in all, against ``3 n^2 d_in`` for a forward
     and a recomputing backward over the whole matrix. Memory ``O(block_size * n + n d_in)``.
@@ -136,8 +137,15 @@ class _ThresholdedCosineSquaredSum(torch.autograd.Function):
                 total += excess_bm.float().pow(2).sum()
                 if grad_nd is not None:
                     G_bm = excess_bm.mul_(torch.sign(C_bm)).mul_(2.0).to(D_mm.dtype)  # G on the upper triangle
-                    grad_nd[start:stop] += G_bm @ D_mm[start:]
-                    grad_nd[start:] += G_bm.T @ D_mm[start:stop]
+                    b = stop - start
+                    # The diagonal block's two triangles in one product, G_II + G_II^T
+                    # (disjoint entries: the sum is exact in any dtype); then the rest.
+                    G_bb = G_bm[:, :b]
+                    grad_nd[start:stop] += (G_bb + G_bb.T) @ D_mm[start:stop]
+                    if stop < D_nd.shape[0]:
+                        G_br = G_bm[:, b:]
+                        grad_nd[start:stop] += G_br @ D_mm[stop:]
+                        grad_nd[stop:] += G_br.T @ D_mm[start:stop]
         ctx.save_for_backward(grad_nd if grad_nd is not None else D_nd.new_zeros(0))
         return (2.0 * total).to(D_nd.dtype)
 
@@ -244,6 +252,19 @@ def close_pair_scan(
     pairs_P2 = torch.cat([pairs_U2, pairs_U2.flip(1)])
     order_P = torch.argsort(pairs_P2[:, 0].long() * n + pairs_P2[:, 1].long())
     return pairs_P2[order_P]
+
+
+@torch.no_grad()
+def estimated_close_pairs(D_nd: torch.Tensor, threshold: float, sample_rows: int = 64) -> float:
+    """An estimate of the number of ordered pairs ``i != j`` with ``|C_ij| > threshold``,
+    from ``sample_rows`` evenly spaced rows against all (``sample_rows * n * d_in``
+    multiply-adds; one device sync): their count scaled by ``n / sample_rows``. Used to
+    skip the scan of a list that is still far over its cap."""
+    n = D_nd.shape[0]
+    rows = torch.arange(0, n, max(n // sample_rows, 1), device=D_nd.device)
+    C_sn = D_nd[rows] @ D_nd.T
+    C_sn[torch.arange(len(rows), device=D_nd.device), rows] = 0.0
+    return (C_sn.abs() > threshold).sum().item() * n / len(rows)
 
 
 def max_listed_pairs(n: int, max_pair_fraction: float, max_pairs_per_latent: float) -> int:

@@ -13,6 +13,7 @@ from orthosae_plugin.orthogonality import (
     matmul_rounding_bound,
     decoder_pair_stats,
     drift_bound,
+    estimated_close_pairs,
     ortho_penalty_chunked,
     ortho_penalty_exact,
     ortho_penalty_pairs,
@@ -190,6 +191,15 @@ def test_scan_gives_up_as_soon_as_the_list_would_exceed_max_pairs():
     n_close = len(dense_close_pairs(D, 0.2))
     assert close_pair_scan(D, 0.2, 8, max_pairs=n_close - 1) is None
     assert close_pair_scan(D, 0.2, 8, max_pairs=n_close).shape == (n_close, 2)
+
+
+def test_the_estimated_count_scales_the_sampled_rows_count_and_is_exact_on_every_row():
+    D = random_unit_decoder(40, 12)
+    C = (D @ D.T).abs()
+    C.fill_diagonal_(0.0)
+    assert estimated_close_pairs(D, 0.2, sample_rows=40) == len(dense_close_pairs(D, 0.2))
+    rows = torch.arange(0, 40, 4)  # 10 evenly spaced rows: every 4th
+    assert estimated_close_pairs(D, 0.2, sample_rows=10) == (C[rows] > 0.2).sum().item() * 4
 
 
 def test_scan_of_an_orthogonal_dictionary_is_empty():
