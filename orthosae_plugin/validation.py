@@ -192,6 +192,13 @@ def _check_ortho_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
     check_integer(cfg, "ortho_rescan_every", 1, ">= 1 step")
     check_real(cfg, "ortho_max_pair_fraction", "in (0, 1] (a share of pairs)", 0.0, 1.0, low_open=True)
     check_real(cfg, "ortho_max_pairs_per_latent", "> 0 (listed pairs per latent before the step computes exact)", 0.0, low_open=True)
+    check_integer(cfg, "ortho_overfull_chunks", 1, ">= 1 (1 = the exact term while the close-pair list is over-full)")
+    if cfg.ortho_overfull_chunks > 1 and cfg.ortho_mode != "close_pairs":
+        raise invalid(
+            "ortho_overfull_chunks", cfg.ortho_overfull_chunks,
+            f"it applies to ortho_mode='close_pairs' only (ortho_mode={cfg.ortho_mode!r}: use 1; "
+            "'chunked' mode sets its chunks with ortho_chunk_size)",
+        )
     check_integer(cfg, "ortho_lazy_every", 1, ">= 1 (the ortho term computed on every r-th step)")
     check_choice(cfg, "ortho_lazy_mode", ORTHO_LAZY_MODES, "modes")
     if cfg.ortho_coefficient > 0 and cfg.d_sae < 2:
@@ -295,6 +302,12 @@ def validate_matryoshka_fields(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
             "matryoshka_ortho_pairs", pairs,
             "ortho_mode='chunked' penalises random chunks of the whole dictionary; use "
             "'exact' or 'close_pairs', or matryoshka_ortho_pairs='all'",
+        )
+    if pairs != "all" and cfg.ortho_overfull_chunks > 1:
+        raise invalid(
+            "matryoshka_ortho_pairs", pairs,
+            f"ortho_overfull_chunks={cfg.ortho_overfull_chunks} estimates the term on random "
+            "chunks of the whole dictionary; use ortho_overfull_chunks=1, or matryoshka_ortho_pairs='all'",
         )
 
 

@@ -1,6 +1,7 @@
 """ortho_mode='close_pairs' in the training SAE: the exact loss at every step, provably
 (a list checked against how far the decoder rows moved since its scan), never trusted
-across a state-dict load, never saved; lazy regularization ('weighted' and 'reuse'); one
+across a state-dict load, never saved; while the list is over-full, the exact term or its
+unbiased estimate on random chunks; lazy regularization ('weighted' and 'reuse'); one
 device sync per step."""
 
 import pytest
@@ -280,7 +281,78 @@ def test_an_over_full_list_falls_back_to_the_exact_computation_and_retries_later
         assert sae.ortho_close_pairs is None
         assert out.losses["ortho_loss"] > 0
         assert_close(out.losses["ortho_loss"], naive_ortho_penalty(sae.W_dec.detach(), sae.ortho_threshold_at(step)))
-    assert sae.ortho_scans == 2  # steps 0 and 3
+    # Step 0 scans; step 3 retries, and a sample of rows shows the list far over its cap: no scan.
+    assert (sae.ortho_scans, sae.ortho_scans_skipped, sae.ortho_scan_step) == (1, 1, 3)
+
+
+def test_a_retry_scans_when_the_sample_shows_that_the_list_may_fit_now():
+    sae = OrthoContrastiveTrainingSAE(build_cfg(d_sae=64, ortho_rescan_every=2, ortho_max_pairs_per_latent=0.5))
+    sae.training_forward_pass(step_input(batch(0)))
+    assert (sae.ortho_scans, sae.ortho_close_pairs) == (1, None)
+    with torch.no_grad():  # now orthogonal: no pair is close
+        sae.W_dec.copy_(torch.eye(64))
+    for step in (1, 2):
+        sae.training_forward_pass(step_input(batch(step)))
+    assert (sae.ortho_scans, sae.ortho_scans_skipped, sae.ortho_scan_step) == (2, 0, 2)
+    assert sae.ortho_close_pairs is not None
+
+
+def naive_chunk_penalty(W_dec: torch.Tensor, tau: float, chunks: list[torch.Tensor]) -> torch.Tensor:
+    """The naive penalty's terms over the ordered pairs inside each chunk (index tensors),
+    divided by the number of such pairs."""
+    D = W_dec / W_dec.norm(dim=1, keepdim=True)
+    total, n_pairs = 0.0, 0
+    for idx in chunks:
+        C = D[idx] @ D[idx].T
+        total = total + (torch.relu(C.abs() - tau) * (1.0 - torch.eye(len(idx)))).pow(2).sum()
+        n_pairs += len(idx) * (len(idx) - 1)
+    return total / n_pairs
+
+
+def test_an_over_full_list_with_over_full_chunks_estimates_the_term_on_random_chunks():
+    # d_sae 256 in 5 chunks: 4 of ceil(256 / 5) = 52 latents and one of 48, drawn from
+    # the permutation of (projection_seed, step), a new one every step.
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_max_pair_fraction=1e-4, ortho_overfull_chunks=5,
+                                                projection_seed=3))
+    for step in range(3):
+        W_ref = sae.W_dec.detach().clone().requires_grad_()
+        perm = torch.randperm(256, generator=torch.Generator().manual_seed(3 * 1_000_003 + step))
+        want = naive_chunk_penalty(W_ref, sae.ortho_threshold_at(step), list(perm.split(52)))
+        want.backward()
+        out = sae.training_forward_pass(step_input(batch(step)))
+        assert sae.ortho_close_pairs is None
+        assert_close(out.losses["ortho_loss"], want.detach())
+        sae.W_dec.grad = None
+        out.losses["ortho_loss"].backward()
+        assert_close(sae.W_dec.grad, W_ref.grad)
+        with torch.no_grad():  # move the rows, as training would
+            sae.W_dec.add_(0.05 * torch.randn_like(sae.W_dec))
+
+
+def test_the_over_full_estimate_is_unbiased_and_one_chunk_is_the_exact_term():
+    torch.manual_seed(0)
+    W_dec = torch.randn(96, 64)
+    tau = 0.1
+    exact = naive_ortho_penalty(W_dec, tau)
+    one_chunk = OrthoContrastiveTrainingSAE(build_cfg(d_sae=96, ortho_max_pair_fraction=1e-4, ortho_overfull_chunks=1))
+    with torch.no_grad():
+        one_chunk.W_dec.copy_(W_dec)
+    assert_close(one_chunk._ortho_penalty(one_chunk.unit_decoder(), tau, 0), exact)
+    sae = OrthoContrastiveTrainingSAE(build_cfg(d_sae=96, ortho_max_pair_fraction=1e-4, ortho_overfull_chunks=4))
+    with torch.no_grad():
+        sae.W_dec.copy_(W_dec)
+    estimates = torch.stack([sae._ortho_penalty(sae.unit_decoder(), tau, step).detach() for step in range(400)])
+    assert estimates.std() > 0.01 * exact  # a random estimate...
+    mean, sem = estimates.mean(), estimates.std() / 400 ** 0.5
+    assert abs(mean - exact) < 4 * sem  # ...whose expectation is the exact term
+
+
+def test_over_full_chunks_leave_the_steps_on_the_list_exact():
+    sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_overfull_chunks=8))
+    for step in range(4):
+        out = sae.training_forward_pass(step_input(batch(step)))
+        assert sae.ortho_close_pairs is not None
+        assert_close(out.losses["ortho_loss"], naive_ortho_penalty(sae.W_dec.detach(), sae.ortho_threshold_at(step)))
 
 
 def test_no_scan_without_the_ortho_term():
@@ -301,6 +373,9 @@ def test_no_scan_without_the_ortho_term():
         ({"ortho_lazy_every": 0}, r"ortho_lazy_every=0 is invalid: it must be >= 1"),
         ({"ortho_lazy_every": 2.5}, r"ortho_lazy_every=2.5 is invalid"),
         ({"ortho_mode": "fast"}, r"ortho_mode='fast' is invalid: allowed modes are exact, chunked, close_pairs"),
+        ({"ortho_overfull_chunks": 0}, r"ortho_overfull_chunks=0 is invalid: it must be >= 1"),
+        ({"ortho_overfull_chunks": 4, "ortho_mode": "exact"},
+         r"ortho_overfull_chunks=4 is invalid: it applies to ortho_mode='close_pairs' only"),
     ],
 )
 def test_bad_close_pair_settings_are_refused_with_field_value_and_rule(kwargs, message):

@@ -281,6 +281,8 @@ def test_the_training_step_penalises_the_configured_pairs(pairs, mode):
         ({"matryoshka_widths": [0, 256]}, r"matryoshka_widths=\[0, 256\] is invalid: the widths must be positive integers"),
         ({"matryoshka_ortho_pairs": "nested"}, r"matryoshka_ortho_pairs='nested' is invalid: allowed values are all, within_groups, across_groups"),
         ({"matryoshka_ortho_pairs": "within_groups", "ortho_mode": "chunked"}, r"matryoshka_ortho_pairs='within_groups' is invalid: ortho_mode='chunked'"),
+        ({"matryoshka_ortho_pairs": "across_groups", "ortho_overfull_chunks": 4},
+         r"matryoshka_ortho_pairs='across_groups' is invalid: ortho_overfull_chunks=4 estimates the term on random chunks"),
         ({"k": 300}, r"k=300 is invalid: it must satisfy 0 < k <= d_sae=256"),
         ({"topk_threshold_lr": 0.0}, r"topk_threshold_lr=0.0 is invalid: it must be in \(0, 1\]"),
         ({"l1_coefficient": 5.0}, r"l1_coefficient=5.0 is invalid: only sparsity_base='relu_l1' reads it"),
