@@ -28,10 +28,14 @@ from orthosae_plugin.orthogonality import ortho_penalty_exact
 
 
 def synthetic_batch(true_dict_FD: torch.Tensor, batch: int, generator: torch.Generator, offset: float = 0.5) -> torch.Tensor:
-    """Sparse non-negative combinations of the hidden dictionary's rows, noise and an offset."""
+    """Sparse non-negative combinations of the hidden dictionary's rows, noise and an offset,
+    on the dictionary's device (``generator`` must live there too: at the GPU preset's
+    sizes a batch is ~0.3 TFLOP, seconds on a CPU)."""
     n_features, d_in = true_dict_FD.shape
-    codes_BF = (torch.rand(batch, n_features, generator=generator) < 0.02) * torch.rand(batch, n_features, generator=generator) * 3
-    return codes_BF @ true_dict_FD + 0.1 * torch.randn(batch, d_in, generator=generator) + offset
+    device = true_dict_FD.device
+    codes_BF = (torch.rand(batch, n_features, generator=generator, device=device) < 0.02) * torch.rand(
+        batch, n_features, generator=generator, device=device) * 3
+    return codes_BF @ true_dict_FD + 0.1 * torch.randn(batch, d_in, generator=generator, device=device) + offset
 
 
 def run(
@@ -53,12 +57,13 @@ def run(
 
 
 def _one_run(d_in: int, d_sae: int, batch: int, steps: int, offset: float, device: str, seed: int = 0) -> dict[str, Any]:
-    g = torch.Generator().manual_seed(seed)
-    true_dict_FD = torch.nn.functional.normalize(torch.randn(2 * d_sae, d_in, generator=g), dim=1)
+    g = torch.Generator(device=device).manual_seed(seed)
+    true_dict_FD = torch.nn.functional.normalize(torch.randn(2 * d_sae, d_in, generator=g, device=device), dim=1)
     torch.manual_seed(seed)
     cfg = OrthoContrastiveTrainingSAEConfig(
         d_in=d_in, d_sae=d_sae, device=device, ortho_mode="close_pairs", ortho_anneal_steps=steps,
         contrastive_warm_up_steps=min(50, steps),
+        ortho_overfull_chunks=1,  # over-full steps compute the exact term: this section is about the list
     )
     lazy = cfg.ortho_lazy_every
     sae = OrthoContrastiveTrainingSAE(cfg)
@@ -66,7 +71,7 @@ def _one_run(d_in: int, d_sae: int, batch: int, steps: int, offset: float, devic
     rows = []
     for step in tqdm(range(steps), desc="close_pairs fidelity", leave=False):
         scans_before, recomputed_before = sae.ortho_scans, sae.ortho_recomputed_steps
-        x_BD = synthetic_batch(true_dict_FD, batch, g, offset).to(device)
+        x_BD = synthetic_batch(true_dict_FD, batch, g, offset)
         out = sae.training_forward_pass(
             TrainStepInput(
                 sae_in=x_BD,

@@ -167,10 +167,15 @@ def markdown(results: dict[str, Any]) -> str:
                 for p in group["phases"]:
                     row = next(r for r in p["rows"] if r["variant"] == name)
                     how = "list" if row.get("on_the_list") else ("exact" if "close_pairs" in name or "defaults" in name else "")
+                    if how == "exact" and row.get("overfull_chunks", 1) > 1:
+                        how = f"{row['overfull_chunks']} chunks"
                     extra = f"{how}, {row['scans']} scans, {row['recomputed_steps']} recomputed" if how else ""
                     if "bf16_value_rel_error" in row:
                         extra += (f"; bf16 error: value {row['bf16_value_rel_error']:.1e}, "
                                   f"gradient {row['bf16_grad_rel_error']:.1e}")
+                    if "chunk_value_rms_rel_error" in row:
+                        extra += (f"; estimate's rms error: value {row['chunk_value_rms_rel_error']:.2f}, "
+                                  f"gradient {row['chunk_grad_rms_rel_error']:.2f}")
                     cells.append(f"{row['ratio_to_standard']:.2f}" + (f" ({extra})" if extra else ""))
                 out.append(f"| {name} | " + " | ".join(cells) + f" | **{group['run_average_ratio'][name]:.2f}** |")
             std = [p["rows"][0]["seconds_per_step"] for p in group["phases"]]

@@ -13,8 +13,9 @@ steps, the threshold annealed over the run), every l1_coefficient of its sweep.
 that found it over-full (exact term), and the decoder's share of pairs above the final
 threshold at the end.
 
-A scan counts every try, including those that found the list over-full (then retried every
-``ortho_rescan_every`` steps while the exact term is computed).
+A scan counts every full scan, including those that found the list over-full (then retried
+every ``ortho_rescan_every`` steps while the exact term is computed); ``scans_skipped``
+counts the retries that a sample of rows showed to be over-full still, so that no scan ran.
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ def smollm2_rows(tokens: int = 204_800, batch_size: int = 200) -> tuple[list[dic
             "ortho_steps": len(over_full), "ortho_steps_on_the_list": over_full.count(False),
             "ortho_steps_over_full": over_full.count(True),
             "first_over_full_step": lazy * over_full.index(True) if True in over_full else None,
-            "scans": sae.ortho_scans, "recomputed_steps": sae.ortho_recomputed_steps,
+            "scans": sae.ortho_scans, "scans_skipped": sae.ortho_scans_skipped,
+            "recomputed_steps": sae.ortho_recomputed_steps,
             "scans_per_1000_steps": 1000 * sae.ortho_scans / steps,
             "recomputed_per_1000_steps": 1000 * sae.ortho_recomputed_steps / steps,
             "end_decoder_max_abs_cos": max_cos, "end_share_of_pairs_above_tau_end": share_above,
@@ -109,7 +111,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
                 row = {
                     "seed": seed, "ortho_lazy_every": lazy, "l1_coefficient": l1, "steps": bench.steps,
                     "ortho_steps": -(-bench.steps // lazy), "scans": sae.ortho_scans,
-                    "recomputed_steps": sae.ortho_recomputed_steps,
+                    "scans_skipped": sae.ortho_scans_skipped, "recomputed_steps": sae.ortho_recomputed_steps,
                     "scans_per_1000_steps": 1000 * sae.ortho_scans / bench.steps,
                     "recomputed_per_1000_steps": 1000 * sae.ortho_recomputed_steps / bench.steps,
                     "seconds": time.perf_counter() - started,

@@ -202,8 +202,10 @@ def cost_arms() -> list[Arm]:
     """Issue 12: the default arm as committed (exact ortho term every step) against the
     cheaper designs: 'close_pairs' (the same loss, provably) and the term computed every
     r steps, which changes the optimisation: 'lazy r' (weight r on those steps, nothing
-    in between) and 'reuse r' (the gradient of those steps applied on every step); and
-    the default with its cosines' products in bf16 (a GPU speed option)."""
+    in between) and 'reuse r' (the gradient of those steps applied on every step);
+    the default with its cosines' products in bf16 (a GPU speed option); and, while the
+    list is over-full, the term estimated on s random chunks instead of computed over all
+    pairs ('over-full chunks s')."""
     return [
         Arm("oc: both (k=128)", OC, "l1_coefficient", L1_SWEEP),
         Arm("oc: both (k=128), close_pairs", OC, "l1_coefficient", L1_SWEEP, {"ortho_mode": "close_pairs"}),
@@ -219,6 +221,11 @@ def cost_arms() -> list[Arm]:
         ],
         Arm("oc: both (k=128), close_pairs, lazy 4, bf16 products", OC, "l1_coefficient", L1_SWEEP,
             {"ortho_mode": "close_pairs", "ortho_lazy_every": 4, "ortho_matmul_dtype": "bfloat16"}),
+        *[
+            Arm(f"oc: both (k=128), close_pairs, lazy {r}, over-full chunks {s}", OC, "l1_coefficient", L1_SWEEP,
+                {"ortho_mode": "close_pairs", "ortho_lazy_every": r, "ortho_overfull_chunks": s})
+            for r, s in ((1, 8), (2, 4), (2, 8), (1, 16), (4, 2), (4, 4))
+        ],
     ]
 
 

@@ -53,23 +53,39 @@ class WholeRunShape:
     """Also time the defaults without lazy regularization and 'exact' every step."""
 
 
+ALTERNATIVES = [
+    (f"close_pairs, lazy 4, {'exact when over-full' if s == 1 else f'over-full chunks {s}'}",
+     {"ortho_lazy_every": 4, "ortho_overfull_chunks": s})
+    for s in (1, 2, 4)
+]
+"""The designs of issue 12 weighed for the defaults, timed at every shape (the one equal
+to the defaults is left out)."""
+
+
+def defaults_name() -> str:
+    d = OrthoContrastiveTrainingSAEConfig
+    return (f"defaults (close_pairs, ortho_lazy_every={d.ortho_lazy_every}, "
+            f"ortho_overfull_chunks={d.ortho_overfull_chunks})")
+
+
 def variants(shape: StepShape, device: str, compare: bool = True, seed: int = 0) -> list[StepVariant]:
-    """SAELens ``standard``, the defaults, and the defaults without lazy regularization."""
+    """SAELens ``standard``, the defaults, the ALTERNATIVES, and (``compare``) the defaults
+    with bf16 products (on CUDA), with the term on every step, and 'exact' every step."""
     torch.manual_seed(seed)
     standard = StandardTrainingSAE(StandardTrainingSAEConfig(d_in=shape.d_in, d_sae=shape.d_sae, device=device))
     out = [StepVariant("standard (SAELens)", standard, {"l1": standard.cfg.l1_coefficient}, pin_clock=False)]
     defaults = OrthoContrastiveTrainingSAEConfig
-    for name, kwargs in [
-        (f"defaults (close_pairs, ortho_lazy_every={defaults.ortho_lazy_every})", {}),
+    compared = [
         (BF16, {"ortho_matmul_dtype": "bfloat16"}),
-        ("close_pairs, every step (ortho_lazy_every=1)", {"ortho_lazy_every": 1}),
-        ("exact, every step", {"ortho_mode": "exact", "ortho_lazy_every": 1}),
-    ]:
-        if kwargs and not compare:
-            continue
+        ("close_pairs, every step, exact when over-full", {"ortho_lazy_every": 1, "ortho_overfull_chunks": 1}),
+        ("exact, every step", {"ortho_mode": "exact", "ortho_lazy_every": 1, "ortho_overfull_chunks": 1}),
+    ]
+    for name, kwargs in [(defaults_name(), {}), *ALTERNATIVES, *(compared if compare else [])]:
         if name == BF16 and not bf16_timed_on(device):
             continue
-        if name.startswith("close_pairs, every step") and defaults.ortho_lazy_every == 1:
+        if name != defaults_name() and name != BF16 and all(
+            getattr(defaults, key) == value for key, value in kwargs.items()
+        ):
             continue  # the same as the defaults
         torch.manual_seed(seed)
         cfg = OrthoContrastiveTrainingSAEConfig(
@@ -145,9 +161,12 @@ def run(
                         tau=sae.ortho_threshold_at(start + spec.warmup),
                         listed_share=None if sae.ortho_close_pairs is None else sae.ortho_close_pairs.shape[0] / (n * (n - 1)),
                         on_the_list=sae.cfg.ortho_mode == "close_pairs" and sae.ortho_close_pairs is not None,
+                        overfull_chunks=sae.cfg.ortho_overfull_chunks,
                     )
                     if sae.cfg.ortho_matmul_dtype != "float32":
                         row.update(bf16_error(sae, row["tau"]))
+                    if sae.cfg.ortho_overfull_chunks > 1 and not row["on_the_list"]:
+                        row.update(chunk_estimate_error(sae, row["tau"], start + spec.warmup))
                 rows.append(row)
             phases.append({"phase": phase, "first_timed_step": start + spec.warmup, "rows": rows})
             progress("  phase {:.2f} (tau {:.3f}): ".format(phase, rows[1]["tau"]) + ", ".join(
@@ -176,6 +195,37 @@ def bf16_error(sae: OrthoContrastiveTrainingSAE, tau: float) -> dict[str, float]
     return {
         "bf16_value_rel_error": abs(values[0] - values[1]) / max(abs(values[1]), 1e-30),
         "bf16_grad_rel_error": ((grads[0] - grads[1]).norm() / grads[1].norm().clamp_min(1e-30)).item(),
+    }
+
+
+def chunk_estimate_error(sae: OrthoContrastiveTrainingSAE, tau: float, step: int, draws: int = 8) -> dict[str, float]:
+    """The over-full estimate (``ortho_overfull_chunks`` random chunks) against the exact
+    term on ``sae``'s current decoder, over ``draws`` permutations (those of steps
+    ``step, step + 1, ...``): root-mean-square relative error of the value and of the
+    gradient of one draw, and the relative error of their mean over the draws."""
+    unit_nd = sae.unit_decoder().detach()
+
+    def value_and_grad(estimate_step: int | None) -> tuple[float, torch.Tensor]:
+        D_nd = unit_nd.clone().requires_grad_()
+        if estimate_step is None:
+            value = ortho_penalty_exact(D_nd, tau, sae.cfg.ortho_block_size, sae._ortho_matmul_dtype)
+        else:
+            chunk_size = -(-D_nd.shape[0] // sae.cfg.ortho_overfull_chunks)
+            value = sae._ortho_penalty_chunked(D_nd, tau, estimate_step, chunk_size)
+        (grad,) = torch.autograd.grad(value, D_nd)
+        return value.item(), grad
+
+    exact_value, exact_grad = value_and_grad(None)
+    value_errors, grad_errors, mean_grad = [], [], torch.zeros_like(exact_grad)
+    for i in range(draws):
+        value, grad = value_and_grad(step + i)
+        value_errors.append((value - exact_value) / max(abs(exact_value), 1e-30))
+        grad_errors.append(((grad - exact_grad).norm() / exact_grad.norm().clamp_min(1e-30)).item())
+        mean_grad += grad / draws
+    return {
+        "chunk_value_rms_rel_error": (sum(e * e for e in value_errors) / draws) ** 0.5,
+        "chunk_grad_rms_rel_error": (sum(e * e for e in grad_errors) / draws) ** 0.5,
+        f"chunk_grad_rel_error_of_mean_of_{draws}": ((mean_grad - exact_grad).norm() / exact_grad.norm().clamp_min(1e-30)).item(),
     }
 
 

@@ -33,6 +33,9 @@ def test_speed_benchmark_writes_every_table_plot_and_target_at_smoke_sizes(tmp_p
     whole = results["whole_run"][0]
     assert [p["phase"] for p in whole["phases"]] == [0.0, 1.0]
     assert any(name.startswith("defaults") for name in whole["run_average_ratio"])
+    # the over-full estimate's alternatives are timed, with their error where the list is over-full
+    chunk_rows = [row for p in whole["phases"] for row in p["rows"] if "over-full chunks" in row["variant"]]
+    assert chunk_rows and all(("chunk_grad_rms_rel_error" in row) == (not row["on_the_list"]) for row in chunk_rows)
     assert {row["variant"] for row in results["memory"]["rows"]} >= {"exact (one pass)", "close_pairs, list in use"}
     # the step target is stated for the smoke shape too (marked as having no target there)
     assert any("no target at this shape" in t["target"] for t in results["targets"])
@@ -57,3 +60,21 @@ def test_whole_run_times_bf16_products_where_they_are_timed_and_reports_their_er
     for row in rows:
         assert 0 <= row["bf16_value_rel_error"] < 0.05 and 0 <= row["bf16_grad_rel_error"] < 0.05
     assert "bf16 error: value" in (tmp_path / "results.md").read_text()
+
+
+def test_the_over_full_estimates_error_is_zero_for_one_chunk_and_shrinks_when_draws_are_averaged():
+    import torch
+
+    from benchmarks.whole_run import chunk_estimate_error
+    from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
+
+    def error(chunks):
+        torch.manual_seed(0)
+        sae = OrthoContrastiveTrainingSAE(OrthoContrastiveTrainingSAEConfig(d_in=16, d_sae=64, ortho_overfull_chunks=chunks))
+        return chunk_estimate_error(sae, tau=0.1, step=0)
+
+    one = error(1)
+    assert one["chunk_value_rms_rel_error"] < 1e-6 and one["chunk_grad_rms_rel_error"] < 1e-5
+    four = error(4)
+    assert four["chunk_value_rms_rel_error"] > 0.01 and four["chunk_grad_rms_rel_error"] > 0.1
+    assert four["chunk_grad_rel_error_of_mean_of_8"] < four["chunk_grad_rms_rel_error"]
