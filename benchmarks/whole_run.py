@@ -83,9 +83,7 @@ def variants(shape: StepShape, device: str, compare: bool = True, seed: int = 0)
     for name, kwargs in [(defaults_name(), {}), *ALTERNATIVES, *(compared if compare else [])]:
         if name == BF16 and not bf16_timed_on(device):
             continue
-        if name != defaults_name() and name != BF16 and all(
-            getattr(defaults, key) == value for key, value in kwargs.items()
-        ):
+        if kwargs and all(getattr(defaults, key) == value for key, value in kwargs.items()):
             continue  # the same as the defaults
         torch.manual_seed(seed)
         cfg = OrthoContrastiveTrainingSAEConfig(
@@ -210,8 +208,7 @@ def chunk_estimate_error(sae: OrthoContrastiveTrainingSAE, tau: float, step: int
         if estimate_step is None:
             value = ortho_penalty_exact(D_nd, tau, sae.cfg.ortho_block_size, sae._ortho_matmul_dtype)
         else:
-            chunk_size = -(-D_nd.shape[0] // sae.cfg.ortho_overfull_chunks)
-            value = sae._ortho_penalty_chunked(D_nd, tau, estimate_step, chunk_size)
+            value = sae.ortho_overfull_estimate(D_nd, tau, estimate_step)
         (grad,) = torch.autograd.grad(value, D_nd)
         return value.item(), grad
 

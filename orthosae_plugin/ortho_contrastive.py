@@ -612,12 +612,17 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
                 return ortho_penalty_pairs(D_nd, tau, pairs_P2, self.ortho_close_pair_rows)
             # Too many close pairs for a list: the same loss computed densely, or its
             # estimate on random chunks (ortho_overfull_chunks).
-            chunks = self.cfg.ortho_overfull_chunks
-            if chunks > 1:
-                return self._ortho_penalty_chunked(D_nd, tau, step, -(-D_nd.shape[0] // chunks))
+            if self.cfg.ortho_overfull_chunks > 1:
+                return self.ortho_overfull_estimate(D_nd, tau, step)
         if self.cfg.ortho_mode != "chunked":
             return ortho_penalty_exact(D_nd, tau, self.cfg.ortho_block_size, self._ortho_matmul_dtype)
         return self._ortho_penalty_chunked(D_nd, tau, step, self.cfg.ortho_chunk_size)
+
+    def ortho_overfull_estimate(self, D_nd: torch.Tensor, tau: float, step: int) -> torch.Tensor:
+        """The term's estimate while the close-pair list is over-full: pairs inside
+        ``ortho_overfull_chunks`` random chunks of ``ceil(d_sae / chunks)`` latents, with the
+        permutation of ``step``."""
+        return self._ortho_penalty_chunked(D_nd, tau, step, -(-D_nd.shape[0] // self.cfg.ortho_overfull_chunks))
 
     def _ortho_penalty_chunked(self, D_nd: torch.Tensor, tau: float, step: int, chunk_size: int) -> torch.Tensor:
         # A permutation that depends only on (seed, step), so a resumed run draws the same ones.
@@ -658,7 +663,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
             n = D_nd.shape[0]
             max_pairs = max_listed_pairs(n, self.cfg.ortho_max_pair_fraction, self.cfg.ortho_max_pairs_per_latent)
             threshold = max(self.ortho_threshold_at(step) - self.cfg.ortho_margin, 0.0)
-            retry = scan_step >= 0 and self.ortho_close_pairs is None and not step < scan_step
+            retry = 0 <= scan_step <= step and self.ortho_close_pairs is None
             if retry and estimated_close_pairs(D_nd, threshold) > 2 * max_pairs:
                 # Over-full still, by a wide margin, on a sample of rows: no scan (the
                 # sample costs a few rows of one; the step computes without a list).
