@@ -55,24 +55,31 @@ def reference_step(sae, x, step, ortho_weight):
     return ortho.detach(), (out.loss + ortho).detach(), {n: p.grad.clone() for n, p in ref.named_parameters()}
 
 
+def steps_against_the_reference(sae, steps):
+    """Trains ``sae`` with Adam for ``steps`` steps; before each optimizer step yields the
+    step's output (after backward) and the naive reference of that step."""
+    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
+    for step in range(steps):
+        x = batch(step)
+        want = reference_step(sae, x, step, ortho_weight=1.0)
+        out = sae.training_forward_pass(step_input(x))
+        out.loss.backward()
+        yield out, *want
+        opt.step()
+        opt.zero_grad()
+
+
 def test_close_pairs_equals_a_naive_exact_reference_at_every_step_across_rescans():
     torch.manual_seed(0)
     # A small margin, a fast-falling threshold and a large learning rate: the list must be
     # rescanned, and steps recomputed, many times in 30 steps.
     sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_margin=0.02, ortho_anneal_steps=30, ortho_threshold_start=0.4))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    for step in range(30):
-        x = batch(step)
-        want_ortho, want_loss, want_grads = reference_step(sae, x, step, ortho_weight=1.0)
-        out = sae.training_forward_pass(step_input(x))
-        out.loss.backward()
+    for out, want_ortho, want_loss, want_grads in steps_against_the_reference(sae, 30):
         assert want_ortho > 0
         assert_close(out.losses["ortho_loss"], want_ortho, rtol=1e-4, atol=1e-9)
         assert_close(out.loss, want_loss, rtol=1e-5, atol=1e-7)
         for name, p in sae.named_parameters():
             assert_close(p.grad, want_grads[name], rtol=1e-4, atol=1e-7)
-        opt.step()
-        opt.zero_grad()
     print(f"scans {sae.ortho_scans}, recomputed steps {sae.ortho_recomputed_steps}")
     assert sae.ortho_scans >= 5  # rescans across threshold changes and movements
     assert sae.ortho_recomputed_steps >= 1  # and at least one step the check caught late
@@ -83,17 +90,10 @@ def test_bf16_products_approximate_the_float32_reference_at_every_step(mode):
     torch.manual_seed(0)
     sae = OrthoContrastiveTrainingSAE(build_cfg(ortho_mode=mode, ortho_matmul_dtype="bfloat16", ortho_margin=0.02,
                                                 ortho_anneal_steps=12, ortho_threshold_start=0.4))
-    opt = torch.optim.Adam(sae.parameters(), lr=3e-3)
-    for step in range(12):
-        x = batch(step)
-        want_ortho, want_loss, want_grads = reference_step(sae, x, step, ortho_weight=1.0)
-        out = sae.training_forward_pass(step_input(x))
-        out.loss.backward()
+    for out, want_ortho, _, want_grads in steps_against_the_reference(sae, 12):
         assert abs(out.losses["ortho_loss"] - want_ortho) <= 0.02 * want_ortho
         grad, ref = sae.W_dec.grad, want_grads["W_dec"]
         assert (grad - ref).norm() <= 0.02 * ref.norm()
-        opt.step()
-        opt.zero_grad()
     assert mode == "exact" or sae.ortho_scans >= 2
 
 
