@@ -1,5 +1,7 @@
-"""The README's code runs as written, and the demo trains and saves what it says."""
+"""The README's and docs/'s code runs as written, their links resolve, and the demo trains
+and saves what it says."""
 
+import json
 import re
 import shlex
 import subprocess
@@ -12,25 +14,63 @@ import sae_lens
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.cli import parse_train_args
 
-README = (Path(__file__).parents[1] / "README.md").read_text()
+ROOT = Path(__file__).parents[1]
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+README = (ROOT / "README.md").read_text()
+EXAMPLE = re.compile(r"<!-- readme-example:([\w-]+) -->\n```python\n(.*?)```", re.S)
+# Every tagged example in the README and docs/ is run by one test below.
+TESTED_EXAMPLES = {"toy", "batchtopk", "absorption", "smollm2", "gemma", "sweep"}
+
+
+def tagged_examples() -> dict[str, list[tuple[str, str]]]:
+    """tag -> [(document, code)] over the README and every page of docs/."""
+    found: dict[str, list[tuple[str, str]]] = {}
+    for document in DOCUMENTS:
+        for tag, code in EXAMPLE.findall(document.read_text()):
+            found.setdefault(tag, []).append((str(document.relative_to(ROOT)), code))
+    return found
 
 
 def readme_block(tag: str) -> str:
-    match = re.search(rf"<!-- readme-example:{tag} -->\n```python\n(.*?)```", README, re.S)
-    assert match, f"README has no example tagged {tag}"
-    return match.group(1)
+    places = tagged_examples().get(tag, [])
+    assert len(places) == 1, f"example {tag!r} must appear exactly once in README.md and docs/, found {places}"
+    return places[0][1]
+
+
+def test_every_tagged_example_is_run_by_a_test():
+    assert set(tagged_examples()) == TESTED_EXAMPLES
+
+
+def test_every_relative_link_in_the_readme_and_docs_points_to_an_existing_file():
+    broken = []
+    for document in DOCUMENTS:
+        text = re.sub(r"```.*?```", "", document.read_text(), flags=re.S)  # code is not a link
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+://|#|mailto:", target):
+                continue
+            path = (document.parent / target.split("#")[0]).resolve()
+            if not path.exists():
+                broken.append(f"{document.relative_to(ROOT)}: {target}")
+    assert not broken, broken
+
+
+def test_no_user_document_cites_the_design_notes_or_issue_numbers():
+    for document in DOCUMENTS:
+        text = document.read_text()
+        assert "DESIGN" not in text, document
+        assert not re.search(r"\bissue[ -]?\d", text, re.I), document
 
 
 def test_readme_toy_example_trains_as_printed(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("toy"), "README.md:toy", "exec"), {})
+    exec(compile(readme_block("toy"), "toy", "exec"), {})
     assert capsys.readouterr().out.strip().endswith("ortho_contrastive 1200 steps")
     assert (tmp_path / "runs" / "readme" / "cfg.json").exists()
 
 
 def test_readme_batchtopk_example_saves_a_jumprelu_sae(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("batchtopk"), "README.md:batchtopk", "exec"), {})
+    exec(compile(readme_block("batchtopk"), "batchtopk", "exec"), {})
     assert capsys.readouterr().out.split() == [
         "OrthoContrastiveBatchTopKTrainingSAE", "100", "JumpReLUSAE", "jumprelu"
     ]
@@ -38,7 +78,7 @@ def test_readme_batchtopk_example_saves_a_jumprelu_sae(tmp_path, monkeypatch, ca
 
 def test_readme_absorption_example_scores_the_planted_rate(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("absorption"), "README.md:absorption", "exec"), {})
+    exec(compile(readme_block("absorption"), "absorption", "exec"), {})
     lines = capsys.readouterr().out.splitlines()  # SAEBench prints progress lines too
     assert "0.29" in lines, lines
     assert lines[lines.index("0.29") + 1] == "trustworthy"
@@ -47,7 +87,7 @@ def test_readme_absorption_example_scores_the_planted_rate(tmp_path, monkeypatch
 
 def test_readme_smollm2_example_trains_on_cached_activations(tmp_path, monkeypatch, capsys, smollm2_activations):
     monkeypatch.chdir(tmp_path)
-    exec(compile(readme_block("smollm2"), "README.md:smollm2", "exec"), {})
+    exec(compile(readme_block("smollm2"), "smollm2", "exec"), {})
     assert capsys.readouterr().out.strip().splitlines()[-1] == "40 ['ce_loss_clean', 'ce_loss_recovered', 'ce_loss_with_sae']"
     assert (tmp_path / "runs" / "smollm2" / "cfg.json").exists()
 
@@ -63,12 +103,26 @@ def test_readme_gemma_example_builds_a_valid_config(monkeypatch):
             return None
 
     monkeypatch.setattr(sae_lens, "LanguageModelSAETrainingRunner", NoGemmaHere)
-    exec(compile(readme_block("gemma"), "README.md:gemma", "exec"), {})
+    exec(compile(readme_block("gemma"), "gemma", "exec"), {})
     cfg = built["cfg"]
     assert isinstance(cfg.sae, OrthoContrastiveTrainingSAEConfig)
     assert cfg.hook_name == "blocks.19.hook_resid_post"
     assert cfg.sae.ortho_anneal_steps == 30_000
     assert cfg.sae.projection_dim == 128
+
+
+def test_readme_sweep_trains_three_sparsity_settings_for_the_whole_budget(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    exec(compile(readme_block("sweep"), "sweep", "exec"), {})
+    lines = capsys.readouterr().out.strip().splitlines()[-3:]
+    assert [line.split()[:3] for line in lines] == [
+        ["l1_0.5", "200", "200"], ["l1_1", "200", "200"], ["l1_2", "200", "200"]
+    ]
+    l0 = [float(line.split()[3]) for line in lines]
+    assert l0[0] > l0[1] > l0[2]  # more L1, fewer active latents
+    for name in ("l1_0.5", "l1_1", "l1_2"):
+        saved = json.loads((tmp_path / "runs" / "sweep" / name / "cfg.json").read_text())
+        assert saved["architecture"] == "standard" and saved["metadata"]["training_steps"] == 200
 
 
 def test_readme_command_line_parses_to_an_ortho_contrastive_config():

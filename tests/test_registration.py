@@ -3,8 +3,6 @@ one), and every SAELens runner, MultiSAETrainingRunner included, gets the same c
 
 import dataclasses
 import json
-import re
-from pathlib import Path
 
 import pytest
 import torch
@@ -141,23 +139,3 @@ def test_a_hand_built_step_input_without_the_coefficients_is_a_clear_error():
                                 dead_neuron_mask=None, n_training_steps=0, is_logging_step=False)
     with pytest.raises(ValueError, match=r"TrainStepInput.coefficients=\{'l1': 1.0\} is invalid: it lacks 'ortho', 'contrastive'"):
         sae.training_forward_pass(step_input)
-
-
-# --- the README's sweep -------------------------------------------------------------------
-
-README = (Path(__file__).parents[1] / "README.md").read_text()
-
-
-def test_readme_sweep_trains_three_sparsity_settings_for_the_whole_budget(tmp_path, monkeypatch, capsys):
-    monkeypatch.chdir(tmp_path)
-    block = re.search(r"<!-- readme-example:sweep -->\n```python\n(.*?)```", README, re.S).group(1)
-    exec(compile(block, "README.md:sweep", "exec"), {})
-    lines = capsys.readouterr().out.strip().splitlines()[-3:]
-    assert [line.split()[:3] for line in lines] == [
-        ["l1_0.5", "200", "200"], ["l1_1", "200", "200"], ["l1_2", "200", "200"]
-    ]
-    l0 = [float(line.split()[3]) for line in lines]
-    assert l0[0] > l0[1] > l0[2]  # more L1, fewer active latents
-    for name in ("l1_0.5", "l1_1", "l1_2"):
-        saved = json.loads((tmp_path / "runs" / "sweep" / name / "cfg.json").read_text())
-        assert saved["architecture"] == "standard" and saved["metadata"]["training_steps"] == 200
