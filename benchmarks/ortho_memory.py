@@ -1,4 +1,4 @@
-"""Section 7: peak memory of the orthogonality term in every mode, against ``d_sae`` (issue 12).
+"""Section 7: peak memory of the orthogonality term in every mode, against ``d_sae``.
 
 One call per size (forward + backward, or the scan): what a training step allocates for
 the term above what it holds already (the decoder, and in 'close_pairs' the list and the

@@ -22,7 +22,7 @@ scored with
   last ``dead_feature_window`` steps), and the training time.
 
 Arms are compared at matched L0: every metric is linearly interpolated along the arm's
-sweep to ``--target-l0`` (``benchmarks.synthetic_absorption.interpolate_at``: never
+sweep to ``--target-l0`` (``benchmarks.sweep.interpolate_at``: never
 extrapolated; n/a when the sweep does not reach it). ``--quick`` trains one setting per
 arm, so L0 is *not* matched there: its table is per run, and says so.
 
@@ -45,13 +45,12 @@ import json
 import math
 import os
 import platform
-import re
 import shlex
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -65,12 +64,14 @@ from sae_lens.training.sae_trainer import SAETrainer
 from transformer_lens import HookedTransformer
 
 import orthosae_plugin  # noqa: F401  (registers ortho_contrastive)
-from benchmarks.synthetic_absorption import (
-    _quiet_saelens_progress,
+from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
+from benchmarks.sweep import (
+    Arm,
     matched_l0_summary,
     matryoshka_widths,
     per_setting_summary,
     plot,
+    quiet_saelens_progress,
 )
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.evals.absorption import AbsorptionEvalError, get_alarm, run_absorption_eval
@@ -81,33 +82,16 @@ OC = "ortho_contrastive"
 # --- the arms ------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One architecture with fixed settings, swept over one sparsity field."""
-
-    name: str
-    """Label in the tables and plots; also names the run files."""
-    architecture: str
-    """SAELens training-registry name."""
-    sparsity_field: str
-    """'l1_coefficient' (ReLU+L1 bases) or 'k' (TopK-family bases)."""
-    sparsity_values: tuple[float, ...]
-    """The full grid, in sweep order; ``--quick`` trains only ``sparsity_values[quick_index]``."""
-    sae_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Other config fields of the architecture."""
-    quick_index: int = 1
-    """The setting ``--quick`` trains (chosen to land near the default matched L0)."""
-
-    @property
-    def slug(self) -> str:
-        return re.sub(r"[^\w.\-]+", "_", self.name).strip("_")
+QUICK_INDEX = 1
+"""``--quick`` trains each arm's ``sparsity_values[QUICK_INDEX]``, the middle setting,
+chosen to land near the default matched L0."""
 
 
 L1_STANDARD = (3.0, 5.0, 8.0)
-"""``standard``'s l1_coefficient grid. DESIGN §6 (600k tokens, batch 1024): l1 5 -> L0 40."""
+"""``standard``'s l1_coefficient grid. Earlier 600k-token runs (batch 1024; docs/real-model.md): l1 5 -> L0 40."""
 L1_OC = (1.5, 3.0, 5.0)
 """``ortho_contrastive`` (ReLU+L1 base) grid: the extra terms lower L0 at a given l1
-(DESIGN §6: l1 2 -> L0 57, l1 5 -> L0 18), so its grid sits lower to bracket the same L0."""
+(the earlier 600k-token runs: l1 2 -> L0 57, l1 5 -> L0 18), so its grid sits lower to bracket the same L0."""
 K_GRID = (20.0, 32.0, 48.0)
 """k of the TopK-family arms (L0 = k in training; BatchTopK saves a JumpReLU whose L0 is close)."""
 
@@ -139,7 +123,7 @@ class BenchConfig:
     """What every run shares: the activations, the SAE size and the training budget."""
 
     layer: int = 15
-    """SAEs read ``blocks.{layer}.hook_resid_post`` (DESIGN §6's measurements are at 15)."""
+    """SAEs read ``blocks.{layer}.hook_resid_post`` (the earlier SmolLM2 measurements are at 15)."""
     d_sae: int = 2304
     """Latents (4 x SmolLM2's d_model 576)."""
     training_tokens: int = 204_800
@@ -147,7 +131,7 @@ class BenchConfig:
     in about 2 hours of this 2-core CPU (the committed grid: training 28-222 s a run,
     evals ~50 s a run plus ~6 min once for SAEBench's ground-truth probe, ~4 min to cache
     the activations once). At this budget the alarm flags most SAELens baselines
-    (README, "Results"); ``--tokens 614400 --batch-size 600`` (DESIGN §6's 600k-token
+    (``results/real_model/README.md``); ``--tokens 614400 --batch-size 600`` (the earlier 600k-token
     ``standard`` SAE, which the alarm trusted) costs ~3x the training time."""
     batch_size: int = 200
     lr: float = 1e-3
@@ -220,7 +204,7 @@ class Source(Protocol):
 
 class SmolLM2Source:
     """SmolLM2-135M-Instruct (4-bit, dequantized) on the English corpus, through
-    ``orthosae_plugin.smollm`` and ``orthosae_plugin.activations`` (issue 9 items 1-3)."""
+    ``orthosae_plugin.smollm`` and ``orthosae_plugin.activations``."""
 
     def __init__(self, bench: BenchConfig):
         from orthosae_plugin import activations, smollm
@@ -372,7 +356,7 @@ def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int, source:
         kwargs["k"] = int(sparsity)
     _, cfg_cls = get_sae_training_class(arm.architecture)
     names = {f.name for f in dataclasses.fields(cfg_cls)}
-    if "matryoshka_widths" in names and "matryoshka" in (arm.architecture + str(kwargs.get("sparsity_base"))):
+    if "matryoshka_widths" in names and arm.is_matryoshka():
         kwargs.setdefault("matryoshka_widths", matryoshka_widths(bench.d_sae))
     if arm.architecture == OC:
         kwargs.setdefault("contrastive_warm_up_steps", bench.contrastive_warm_up_steps)
@@ -414,7 +398,7 @@ def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source,
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(acts_ND, bench.batch_size, bench.device))
-    with _quiet_saelens_progress():
+    with quiet_saelens_progress():
         sae = trainer.fit()
     dead = (trainer.n_forward_passes_since_fired > bench.dead_feature_window).float().mean().item()
     return sae, dead, trainer.n_training_steps
@@ -436,7 +420,7 @@ def absorption_config(bench: BenchConfig) -> tuple[AbsorptionEvalConfig, dict[st
         if "words_per_letter" not in inspect.signature(run_absorption_eval).parameters:
             raise RuntimeError(
                 f"words_per_letter={bench.words_per_letter} needs run_absorption_eval's "
-                "words_per_letter (issue 9 item 6); this version lacks it")
+                "words_per_letter; this version lacks it")
         kwargs["words_per_letter"] = bench.words_per_letter
     return config, kwargs
 
@@ -515,7 +499,7 @@ def load_run(path: Path) -> RunResult:
 
 def planned(arms: Sequence[Arm], quick: bool) -> list[tuple[Arm, float]]:
     return [(arm, value) for arm in arms
-            for value in ((arm.sparsity_values[arm.quick_index],) if quick else arm.sparsity_values)]
+            for value in ((arm.sparsity_values[QUICK_INDEX],) if quick else arm.sparsity_values)]
 
 
 def training_activations(source: Source, bench: BenchConfig) -> tuple[torch.Tensor, float, int]:
@@ -732,7 +716,81 @@ def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[A
     labelled = [replace(r, arm=f"{r.arm} (alarm: {flagged[r.arm]}/{total[r.arm]} flagged)") if flagged[r.arm] else r
                 for r in results]
     paths["absorption_plot"], paths["ev_plot"] = plot(labelled, target_l0, None, out_dir, plots, METRICS)
+    paths["readme"] = write_results_readme(out_dir, results_readme(results, bench, arms, target_l0, meta))
     return paths
+
+
+def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
+                   meta: dict[str, Any]) -> ResultsReadme:
+    """The folder's README, from what ``results.json`` holds."""
+    matched = matched_l0_summary(results, target_l0, METRICS)
+    header = " | ".join(title for _, title, _ in COLUMNS)
+    trusted = {a: sum(r.alarm["trustworthy"] for r in results if r.arm == a) for a in matched}
+    total = {a: sum(r.arm == a for r in results) for a in matched}
+    flagged = sum(not r.alarm["trustworthy"] for r in results)
+    if any(stats["l0"][2] for stats in matched.values()):
+        table = [f"At matched L0 = {target_l0:g}, interpolated along each arm's sweep (never extrapolated; "
+                 "n/a: the sweep does not reach it). The last column counts the runs whose absorption "
+                 "the alarm trusts.", "",
+                 f"| arm | {header} | trusted |", "|" + "---|" * (len(COLUMNS) + 2)]
+        table += [f"| {arm} | " + " | ".join(_cell(stats[m][0], d) for m, _, d in COLUMNS)
+                  + f" | {trusted[arm]} of {total[arm]} |" for arm, stats in matched.items()]
+    else:
+        table = [f"No arm's sweep reaches L0 {target_l0:g} (one setting per arm): the runs are in `table.md`, "
+                 "to be compared only with their L0 in view."]
+    table += ["", "The benchmark's verdict:", "", *verdict(results, target_l0, arms)]
+    seeds = sorted({r.seed for r in results})
+    caveats = [
+        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} (no error bars) and {bench.training_tokens:,} tokens a run "
+        f"({bench.steps} steps): short for SAEs of {bench.d_sae} latents.",
+        f"The absorption alarm flagged {flagged} of {len(results)} SAEs (reasons in `results.json`; mostly: in "
+        "most letters no latent is aligned with the letter beyond chance): their absorption is shown but not "
+        "to be quoted"
+        + ("; with most runs flagged, the ranking by absorption is not a result, either way." if 2 * flagged > len(results)
+           else "."),
+        "Absorption is SAEBench's first-letter eval at "
+        + ("SAEBench's full vocabulary" if bench.words_per_letter is None else
+           f"a seeded subsample of {bench.words_per_letter} words per letter")
+        + "; EV, L0 and CE-loss recovered are on held-out text with position 0 and massive-activation tokens "
+        f"(norm above {bench.max_norm_ratio:g}x the median) left out.",
+    ]
+    if not meta.get("real", True):
+        caveats.insert(0, "A toy model (a dry run of the machinery), not a language model: no result.")
+    runs_cost = sum(r.metrics["train_seconds"] + r.eval_seconds for r in results)
+    return ResultsReadme(
+        title="SAE architectures on SmolLM2-135M: SAEBench absorption at matched L0" if meta.get("real", True)
+        else "SAE architectures on a toy model (machinery check only)",
+        measures=(
+            "SAELens's `standard`, `topk`, `batchtopk` and `matryoshka_batchtopk` against `ortho_contrastive` on "
+            "several bases, trained on the same cached activations of a real model with the same budget, then "
+            "scored in their plugin-free saved form: SAEBench's first-letter absorption (with the package's "
+            "alarm), explained variance, L0 and CE-loss recovered on held-out text, and dead latents, each "
+            "arm interpolated along its sparsity sweep to a matched L0."
+        ),
+        provenance=[
+            ("Command", f"`{meta['command']}`" + (f" (re-tabulated with `{meta['retabulated_with']}`)"
+                                                  if meta.get("retabulated_with") else "")),
+            ("Machine", f"{meta['machine']}; torch {meta.get('torch', 'not recorded')}"),
+            ("Wall time", f"{minutes(meta['wall_seconds'])} for the last invocation (model load and activations "
+                          f"included; runs resumed from disk cost nothing); training + evals summed over the "
+                          f"runs {minutes(runs_cost)}"),
+            ("Covers", f"{len(matched)} arms, {len(results)} runs, seed{'s' if len(seeds) > 1 else ''} "
+                       f"{', '.join(map(str, seeds))}; {meta['source']}; d_sae {bench.d_sae}, "
+                       f"{bench.training_tokens:,} tokens a run, batch {bench.batch_size}, lr {bench.lr:g}"),
+        ],
+        table="\n".join(table),
+        caveats=caveats,
+        files=[
+            ("results.json", "every run (metrics, alarm verdict and reasons, per-letter absorption, SAE config), "
+                             "the matched-L0 and per-setting summaries, the command and machine"),
+            ("table.md", "the verdict, the matched-L0 table and every run"),
+            ("absorption_vs_l0.png", "absorption against L0, one line per arm (flagged runs counted in the legend)"),
+            ("ev_vs_l0.png", "held-out explained variance against L0"),
+            ("runs/", "one JSON per finished run; a restarted grid skips them"),
+        ],
+        docs="real-model-benchmark.md",
+        regenerate="python -m benchmarks.real_model --from-runs --out <this folder>",
+    )
 
 
 # --- command line --------------------------------------------------------------------
@@ -806,7 +864,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     else:
         try:
             from orthosae_plugin.smollm import cache_dir
-        except ImportError:  # before issue 9's model module
+        except ImportError:  # a version without the SmolLM2 model module
             work_dir = Path.home() / ".cache" / "orthosae-plugin" / "real_model_benchmark" / runs_dir.name
         else:
             work_dir = cache_dir() / "real_model_benchmark" / runs_dir.name

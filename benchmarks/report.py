@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from benchmarks.results_readme import ResultsReadme, write_results_readme  # noqa: E402
+
 
 def _mb(n_bytes: float | None) -> str:
     return "-" if n_bytes is None else f"{n_bytes / 2**20:,.1f}"
@@ -322,3 +324,87 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
             ax.legend(fontsize=8)
             save(fig, name)
     return written
+
+
+SECTION_SUMMARIES = {
+    "step": "one training step (forward, backward, Adam) of `ortho_contrastive` against SAELens `standard`",
+    "contrastive": "the contrastive term, projected against exact similarities: time and memory kept for backward",
+    "ortho": "the orthogonality term in each mode against `d_sae`",
+    "fidelity": "the `close_pairs` loss against `exact` at every step of a training run",
+    "approximation": "the projection's approximation quality against `k` (cosine error, InfoNCE gap, gradient cosine)",
+    "whole_run": "the training step along the whole threshold anneal, defaults against `standard`, "
+                 "averaged over the run from sampled anneal points",
+    "memory": "peak memory of the orthogonality term in every mode against `d_sae`",
+}
+"""What each section of ``benchmarks.speed`` measures, for the folder's README."""
+
+FILE_NOTES = {
+    "results.json": "every measurement, with the command, machine and time of the run that made each section",
+    "results.md": "every section's tables (the full report)",
+    "scan_rate.json": "scans per 1,000 steps along the ground-truth benchmark's runs (`python -m benchmarks.scan_rate`)",
+    "scan_rate_smollm2.json": "the same along a SmolLM2 run (`python -m benchmarks.scan_rate --source smollm2`)",
+}
+
+
+def results_readme(results: dict[str, Any]) -> ResultsReadme:
+    """The README of a speed results folder, from its ``results.json``."""
+    sections = [s for s in SECTION_SUMMARIES if s in results]
+    section_meta = results.get("section_meta", {s: results["meta"] for s in sections})
+    runs = [(s, section_meta[s]) for s in sections if s in section_meta]
+    provenance = [
+        (f"Section `{name}`", f"`{m['command']}`, {m['seconds']:.0f} s in that run; {m['machine']}, "
+                              f"{m['threads']} torch thread(s), device `{m['device']}`, torch {m['torch']}")
+        for name, m in runs
+    ]
+    provenance.append((
+        "Covers",
+        "step and term timings on Gaussian activations (mean 1 where a run trains), one seed, medians of "
+        "interleaved repeats after a warm-up; the whole run from sampled points of the anneal, interpolated "
+        "between them; the projection's quality also on the toy model's activations",
+    ))
+    rows = ["| target | measured | met |", "|---|---|---|"]
+    rows += [f"| {t['target']} | {t['measured']} | {'yes' if t['met'] else 'NO'} |" for t in results.get("targets", [])]
+    return ResultsReadme(
+        title=f"Speed, memory and approximation: preset `{results['meta']['preset']}`",
+        measures="What `python -m benchmarks.speed` measured here:\n\n"
+                 + "\n".join(f"- `{s}`: {SECTION_SUMMARIES[s]}" for s in sections),
+        provenance=provenance,
+        table="The targets, as the benchmark checked them (every section's tables are in `results.md`):\n\n"
+              + "\n".join(rows),
+        caveats=[
+            "Not a timed language-model run: a whole-run figure is an estimate from a few points of the anneal "
+            "on synthetic data, with the decoder moved by a few Adam steps there.",
+            "Ratios are taken against SAELens `standard` in the same process, interleaved; on a CPU shared with "
+            "other jobs they move by a few hundredths between runs.",
+            f"Peak memory: {results['meta']['memory_note']}.",
+            "Sections merged from different runs (`--merge`) each keep their own command, machine and time, above.",
+        ],
+        files=[],
+        docs="speed.md",
+        regenerate="python -m benchmarks.report <this folder>",
+    )
+
+
+def write_report(results: dict[str, Any], out_dir: Path) -> list[Path]:
+    """``results.md`` and ``README.md`` of ``out_dir`` from ``results`` (no plots)."""
+    (out_dir / "results.md").write_text(markdown(results))
+    readme = results_readme(results)
+    present = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name != "README.md")
+    readme.files = [(name, FILE_NOTES.get(name, "a plot of `results.md`'s tables" if name.endswith(".png") else "-"))
+                    for name in present]
+    return [out_dir / "results.md", write_results_readme(out_dir, readme)]
+
+
+if __name__ == "__main__":
+    # Re-render saved results, measuring nothing: python -m benchmarks.report FOLDER...
+    # The targets are checked again on the saved measurements (their wording may have changed).
+    import json
+    import sys
+
+    from benchmarks.speed import targets
+
+    for folder in map(Path, sys.argv[1:]):
+        saved = json.loads((folder / "results.json").read_text())
+        saved["targets"] = targets(saved)
+        (folder / "results.json").write_text(json.dumps(saved, indent=1, default=str))
+        print(*write_report(saved, folder))

@@ -1,5 +1,5 @@
-"""Scans and recomputed steps of 'close_pairs' per 1,000 steps along real training runs
-(issue 12), with and without lazy regularization.
+"""Scans and recomputed steps of 'close_pairs' per 1,000 steps along real training runs,
+with and without lazy regularization.
 
     python -m benchmarks.scan_rate [--seeds 1] [--out benchmarks/results/speed/cpu/scan_rate.json]
     python -m benchmarks.scan_rate --source smollm2 [--out .../scan_rate_smollm2.json]
@@ -32,6 +32,7 @@ from unittest import mock
 from sae_lens.synthetic import SyntheticModel
 
 from benchmarks import synthetic_absorption as sa
+from benchmarks.sweep import Arm, quiet_saelens_progress
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "speed" / "cpu" / "scan_rate.json"
 
@@ -103,10 +104,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         stream = sa.training_stream(model, bench.steps * bench.batch_size, seed)
         for lazy in (1, 4):
             for l1 in sa.L1_SWEEP:
-                arm = sa.Arm("close_pairs", sa.OC, "l1_coefficient", sa.L1_SWEEP,
-                             {"ortho_mode": "close_pairs", "ortho_lazy_every": lazy})
+                arm = Arm("close_pairs", sa.OC, "l1_coefficient", sa.L1_SWEEP,
+                          {"ortho_mode": "close_pairs", "ortho_lazy_every": lazy})
                 started = time.perf_counter()
-                with sa._quiet_saelens_progress():
+                with quiet_saelens_progress():
                     sae = sa.train(arm, l1, seed, bench, model, stream)
                 row = {
                     "seed": seed, "ortho_lazy_every": lazy, "l1_coefficient": l1, "steps": bench.steps,

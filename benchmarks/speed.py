@@ -1,4 +1,4 @@
-"""Speed, memory and approximation benchmarks of ``ortho_contrastive`` (issue #5).
+"""Speed, memory and approximation benchmarks of ``ortho_contrastive``.
 
     python -m benchmarks.speed                       # CPU sizes, a few minutes
     python -m benchmarks.speed --threads 1           # steadier ratios on a shared CPU
@@ -15,9 +15,9 @@ Writes ``results.json``, ``results.md`` and PNG plots under
 5. the projection's approximation quality against ``k`` (``benchmarks.approximation``; on
    CPU whatever the device: it is small);
 6. the training step along the whole threshold anneal, defaults vs ``standard`` at the
-   start, middle and end and averaged over the run (``benchmarks.whole_run``, issue 12);
+   start, middle and end and averaged over the run (``benchmarks.whole_run``);
 7. peak memory of the orthogonality term in every mode against ``d_sae``
-   (``benchmarks.ortho_memory``, issue 12).
+   (``benchmarks.ortho_memory``).
 """
 
 from __future__ import annotations
@@ -246,7 +246,7 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         found.append(
             {
                 "target": f"training step with the ortho term (ortho_mode={OrthoContrastiveTrainingSAEConfig.ortho_mode}, "
-                "every step) vs standard at d_in={key[0]}, d_sae={key[1]}, batch={key[2]}: ratio <= 1.15"
+                f"every step) vs standard at d_in={key[0]}, d_sae={key[1]}, batch={key[2]}: ratio <= 1.15"
                 + ("" if key in TARGET_STEP_SHAPES else " (no target at this shape; reported)"),
                 "measured": f"{ratio['median_s']:.3f} [{ratio['q25_s']:.3f}, {ratio['q75_s']:.3f}] ({row['variant']})",
                 "met": ratio["median_s"] <= 1.15,
@@ -406,8 +406,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["targets"] = targets(results)
 
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out_dir / "results.md").write_text(report.markdown(results))
     pngs = report.plots(results, out_dir)
+    report.write_report(results, out_dir)  # results.md and README.md
     print(f"\nResults in {out_dir}: results.json, results.md, {', '.join(p.name for p in pngs)}")
     print(f"{results['meta']['machine']}, {results['meta']['threads']} thread(s), {results['meta']['seconds']:.0f} s")
     for target in results["targets"]:

@@ -25,20 +25,22 @@ Outputs, under ``--out`` (default ``benchmarks/results/synthetic_absorption``):
 ``runs.json`` (every run, with its config), ``table.md`` (matched-L0 table, per-setting
 table, targets) and ``absorption_vs_l0.png``, ``ev_vs_l0.png``.
 
-To add an arm (e.g. a new ``sparsity_base`` of ``ortho_contrastive``), append an
-:class:`Arm` to :func:`default_arms`.
+To add an arm (e.g. a new ``sparsity_base`` of ``ortho_contrastive``), append a
+``benchmarks.sweep.Arm`` to :func:`default_arms`.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import multiprocessing
+import os
+import platform
+import shlex
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -57,13 +59,21 @@ from sae_lens.synthetic import (
     ZipfianFiringProbabilityConfig,
     eval_sae_on_synthetic_data,
 )
-from sae_lens.synthetic import feature_dictionary
-from sae_lens.training import sae_trainer
 from sae_lens.training.sae_trainer import SAETrainer
 from sae_lens.util import temporary_seed
 from tqdm.auto import tqdm
 
 import orthosae_plugin  # noqa: F401  (registers ortho_contrastive)
+from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
+from benchmarks.sweep import (
+    Arm,
+    Stat,
+    matched_l0_summary,
+    matryoshka_widths,
+    per_setting_summary,
+    plot,
+    quiet_saelens_progress,
+)
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.evals.synthetic import SyntheticAbsorptionConfig, synthetic_absorption
 from orthosae_plugin.orthogonality import decoder_pair_stats
@@ -84,45 +94,26 @@ METRICS = (
 )
 
 
-@dataclass
-class Arm:
-    """One architecture with fixed settings, swept over one sparsity field."""
-
-    name: str
-    """Label in the table and the plots."""
-    architecture: str
-    """SAELens training-registry name, e.g. 'standard', 'ortho_contrastive'."""
-    sparsity_field: str
-    """Config field swept to move L0: 'l1_coefficient' or 'k'."""
-    sparsity_values: tuple[float, ...]
-    """Values of sparsity_field, one run per value and seed (>= 2 for interpolation)."""
-    sae_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Other config fields of the architecture."""
-
-    def sae_config(self, d_in: int, d_sae: int, sparsity: float, steps: int) -> Any:
-        kwargs = {**self.sae_kwargs, self.sparsity_field: sparsity}
-        if self.sparsity_field == "k" and self.architecture == "topk":
-            kwargs["k"] = int(sparsity)
-        if "matryoshka_batchtopk" in (self.architecture, kwargs.get("sparsity_base")):
-            kwargs.setdefault("matryoshka_widths", matryoshka_widths(d_sae))
-        if self.architecture == "ortho_contrastive":
-            # The spec'd warm-up (1000 steps) is written for LLM-length runs; here it is
-            # scaled to the run, so that the weight reaches its value early on.
-            kwargs.setdefault("contrastive_warm_up_steps", min(1000, steps // 5))
-            # The committed results were computed in 'exact' mode; pinned so that this
-            # command reproduces them now that 'close_pairs' is the default (it gives the
-            # same loss unless a pair crosses the margin between two scans).
-            kwargs.setdefault("ortho_mode", "exact")
-            # Likewise every step, as committed, now that the default is lazy (every 4
-            # steps, weight 4); `--grid cost` compares the two (issue 12).
-            kwargs.setdefault("ortho_lazy_every", 1)
-        _, cfg_cls = get_sae_training_class(self.architecture)
-        return cfg_cls(d_in=d_in, d_sae=d_sae, **kwargs)
-
-
-def matryoshka_widths(d_sae: int) -> list[int]:
-    """Nested prefixes d_sae/8, d_sae/4, d_sae/2, d_sae."""
-    return [d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
+def sae_config(arm: Arm, d_in: int, d_sae: int, sparsity: float, steps: int) -> Any:
+    """The SAE config of ``arm`` at one sparsity setting, for a run of ``steps`` steps."""
+    kwargs = {**arm.sae_kwargs, arm.sparsity_field: sparsity}
+    if arm.sparsity_field == "k" and arm.architecture == "topk":
+        kwargs["k"] = int(sparsity)
+    if arm.is_matryoshka():
+        kwargs.setdefault("matryoshka_widths", matryoshka_widths(d_sae))
+    if arm.architecture == "ortho_contrastive":
+        # The spec'd warm-up (1000 steps) is written for LLM-length runs; here it is
+        # scaled to the run, so that the weight reaches its value early on.
+        kwargs.setdefault("contrastive_warm_up_steps", min(1000, steps // 5))
+        # The committed results were computed in 'exact' mode; pinned so that this
+        # command reproduces them now that 'close_pairs' is the default (it gives the
+        # same loss unless a pair crosses the margin between two scans).
+        kwargs.setdefault("ortho_mode", "exact")
+        # Likewise every step, as committed, now that the default is lazy (every 4
+        # steps, weight 4); `--grid cost` compares the two.
+        kwargs.setdefault("ortho_lazy_every", 1)
+    _, cfg_cls = get_sae_training_class(arm.architecture)
+    return cfg_cls(d_in=d_in, d_sae=d_sae, **kwargs)
 
 
 L1_SWEEP = (0.1, 0.2, 0.35)
@@ -153,7 +144,7 @@ def default_arms() -> list[Arm]:
             {"contrastive_coefficient": 1.0}),
         Arm("oc topk base: both", OC, "k", K_SWEEP, {"sparsity_base": "topk"}),
         Arm("oc batchtopk base: both", OC, "k", K_SWEEP, {"sparsity_base": "batchtopk"}),
-        # Matryoshka base (issue 13): the ablation, and which pairs the ortho term covers
+        # Matryoshka base: the ablation, and which pairs the ortho term covers
         # across the nested prefix groups (contrastive off, to isolate the ortho term).
         Arm("oc matryoshka base: ortho only", OC, "k", K_SWEEP,
             {"sparsity_base": MAT, "contrastive_coefficient": 0.0}),
@@ -325,25 +316,6 @@ class RunResult:
 # --- training and evaluation ---------------------------------------------------------
 
 
-def _disabled_tqdm(*args: Any, **kwargs: Any) -> tqdm:
-    return tqdm(*args, **{**kwargs, "disable": True})  # over any disable= of the caller
-
-
-@contextlib.contextmanager
-def _quiet_saelens_progress() -> Iterator[None]:
-    """SAETrainer draws a progress bar per run, and the feature orthogonalizer one per
-    model; the benchmark draws one for the whole grid instead."""
-    modules = (sae_trainer, feature_dictionary)
-    originals = [module.tqdm for module in modules]
-    for module in modules:
-        module.tqdm = _disabled_tqdm
-    try:
-        yield
-    finally:
-        for module, original in zip(modules, originals):
-            module.tqdm = original
-
-
 def training_stream(model: SyntheticModel, n: int, seed: int) -> torch.Tensor:
     """``(n, hidden_dim)`` synthetic activations, the same for every arm at ``seed``."""
     chunks = []
@@ -358,7 +330,7 @@ def train(
     stream_ND: torch.Tensor,
 ) -> TrainingSAE[Any]:
     """Train one SAE through SAELens's trainer, configured as SyntheticSAERunner does."""
-    sae_cfg = arm.sae_config(bench.hidden_dim, bench.num_features, sparsity, bench.steps)
+    sae_cfg = sae_config(arm, bench.hidden_dim, bench.num_features, sparsity, bench.steps)
     runner_cfg = SyntheticSAERunnerConfig(  # its post-init binds ortho_anneal_steps
         synthetic_model=model.cfg,
         sae=sae_cfg,
@@ -376,7 +348,7 @@ def train(
         sae = sae_cls(sae_cfg)
     batches = iter(stream_ND[: bench.steps * bench.batch_size].split(bench.batch_size))
     trainer = SAETrainer(cfg=runner_cfg.to_sae_trainer_config(), sae=sae, data_provider=batches)
-    with _quiet_saelens_progress():
+    with quiet_saelens_progress():
         return trainer.fit()
 
 
@@ -437,7 +409,7 @@ def _init_process(bench: BenchmarkConfig, threads: int) -> None:
     torch.set_num_threads(threads)
     _STATE.clear()
     _STATE["bench"] = bench
-    with _quiet_saelens_progress():
+    with quiet_saelens_progress():
         _STATE["model"] = SyntheticModel(bench.model_config())
 
 
@@ -515,77 +487,10 @@ def run_grid(
     return results
 
 
-# --- matched-L0 summary --------------------------------------------------------------
-
-
-def interpolate_at(l0s: Sequence[float], values: Sequence[float], target: float) -> float:
-    """``values`` at L0 = ``target``, linearly interpolated along the sweep.
-
-    ``l0s`` and ``values`` are in sweep order (sparsity setting ascending). The first
-    segment of the sweep whose L0s enclose ``target`` is used: an L1 sweep can fold
-    back (past some l1_coefficient, L0 stops falling while the SAE degrades), and the
-    first crossing is the least-penalised SAE at that L0. NaN when no segment encloses
-    ``target`` (never extrapolated).
-    """
-    points = list(zip(l0s, values))
-    for (x0, y0), (x1, y1) in zip(points, points[1:]):
-        if min(x0, x1) <= target <= max(x0, x1):
-            return y0 if x1 == x0 else y0 + (y1 - y0) * (target - x0) / (x1 - x0)
-    return math.nan
-
-
-def mean_std(values: Sequence[float]) -> tuple[float, float, int]:
-    """Mean, sample std (0 for one value) and count of the non-NaN values."""
-    kept = [v for v in values if not math.isnan(v)]
-    if not kept:
-        return math.nan, math.nan, 0
-    mean = sum(kept) / len(kept)
-    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1)) if len(kept) > 1 else 0.0
-    return mean, std, len(kept)
-
-
-def matched_l0_summary(
-    results: list[RunResult], target_l0: float, metrics: Sequence[str] = METRICS
-) -> dict[str, dict[str, tuple[float, float, int]]]:
-    """``{arm: {metric: (mean, std, n_seeds)}}`` at L0 = ``target_l0``: per seed,
-    interpolated along the sparsity sweep (:func:`interpolate_at`); then over the seeds
-    whose sweep reaches ``target_l0``. ``results`` may be any objects with ``arm``,
-    ``seed``, ``sparsity`` and a ``metrics`` dict holding ``l0`` and ``metrics``
-    (``benchmarks.real_model`` passes its own)."""
-    summary: dict[str, dict[str, tuple[float, float, int]]] = {}
-    for arm in dict.fromkeys(r.arm for r in results):
-        per_seed: dict[str, list[float]] = {m: [] for m in metrics}
-        for seed in dict.fromkeys(r.seed for r in results):
-            runs = sorted(
-                (r for r in results if r.arm == arm and r.seed == seed), key=lambda r: r.sparsity
-            )
-            l0s = [r.metrics["l0"] for r in runs]
-            for metric in metrics:
-                per_seed[metric].append(
-                    interpolate_at(l0s, [r.metrics[metric] for r in runs], target_l0)
-                )
-        summary[arm] = {m: mean_std(v) for m, v in per_seed.items()}
-    return summary
-
-
-def per_setting_summary(
-    results: list[RunResult], metrics: Sequence[str] = METRICS
-) -> dict[tuple[str, float], dict[str, tuple[float, float, int]]]:
-    """``{(arm, sparsity): {metric: (mean, std, n_seeds)}}``."""
-    keys = dict.fromkeys((r.arm, r.sparsity) for r in results)
-    return {
-        key: {
-            m: mean_std([r.metrics[m] for r in results if (r.arm, r.sparsity) == key])
-            for m in metrics
-        }
-        for key in keys
-    }
-
-
 # --- outputs ------------------------------------------------------------------------
 
 
-def _fmt(stat: tuple[float, float, int], digits: int, n_seeds: int) -> str:
+def _fmt(stat: Stat, digits: int, n_seeds: int) -> str:
     """``mean ± std``, with the number of seeds behind it when some seeds are missing."""
     mean, std, n = stat
     if n == 0:
@@ -609,7 +514,7 @@ def _verdict(ok: bool, *values: float) -> str:
     return "n/a" if any(math.isnan(v) for v in values) else ("met" if ok else "missed")
 
 
-def targets_section(summary: dict[str, dict[str, tuple[float, float, int]]], arm: str) -> list[str]:
+def targets_section(summary: dict[str, dict[str, Stat]], arm: str) -> list[str]:
     """The issue's targets for ``arm`` against 'standard' and 'matryoshka_batchtopk',
     on the means over seeds at matched L0."""
     if arm not in summary or "standard" not in summary:
@@ -637,15 +542,31 @@ def targets_section(summary: dict[str, dict[str, tuple[float, float, int]]], arm
     return lines
 
 
+def matched_table(matched: dict[str, dict[str, Stat]], target_l0: float, n_seeds: int) -> list[str]:
+    """The matched-L0 section of ``table.md`` (and of the folder's README)."""
+    lines = [
+        f"## At matched L0 = {target_l0:.2f}, mean ± std over seeds",
+        "",
+        "Interpolated along each seed's sparsity sweep; (n=...) = only that many seeds' "
+        "sweeps reach this L0; n/a = none does.",
+        "",
+        "| arm | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+        "|" + "---|" * (len(COLUMNS) + 1),
+    ]
+    for arm, stats in matched.items():
+        lines.append(
+            f"| {arm} | " + " | ".join(_fmt(stats[m], d, n_seeds) for m, _, d in COLUMNS) + " |"
+        )
+    return lines
+
+
 def markdown_report(
     bench: BenchmarkConfig, results: list[RunResult], target_l0: float, headline_arm: str,
     wall_seconds: float,
 ) -> str:
-    matched = matched_l0_summary(results, target_l0)
-    settings = per_setting_summary(results)
+    matched = matched_l0_summary(results, target_l0, METRICS)
+    settings = per_setting_summary(results, METRICS)
     n_seeds = len({r.seed for r in results})
-    header = "| arm | " + " | ".join(title for _, title, _ in COLUMNS) + " |"
-    rule = "|" + "---|" * (len(COLUMNS) + 1)
     lines = [
         "# Ground-truth absorption on a synthetic hierarchy",
         "",
@@ -657,18 +578,8 @@ def markdown_report(
         f"{bench.batch_size}, lr {bench.lr:g}; {n_seeds} seed(s); absorption with "
         f"min_share={bench.min_share:g}. {len(results)} runs, {wall_seconds / 60:.1f} min.",
         "",
-        f"## At matched L0 = {target_l0:.2f}, mean ± std over seeds",
-        "",
-        "Interpolated along each seed's sparsity sweep; (n=...) = only that many seeds' "
-        "sweeps reach this L0; n/a = none does.",
-        "",
-        header,
-        rule,
+        *matched_table(matched, target_l0, n_seeds),
     ]
-    for arm, stats in matched.items():
-        lines.append(
-            f"| {arm} | " + " | ".join(_fmt(stats[m], d, n_seeds) for m, _, d in COLUMNS) + " |"
-        )
     lines += ["", *targets_section(matched, headline_arm), "", "## Every setting, mean ± std over seeds", ""]
     lines += ["| arm | setting | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
               "|" + "---|" * (len(COLUMNS) + 2)]
@@ -685,48 +596,7 @@ PLOTS = (
     ("absorption", "absorption rate (lower is better)", "absorption_vs_l0.png"),
     ("explained_variance", "explained variance", "ev_vs_l0.png"),
 )
-"""(metric, y label, file name) of each plot of :func:`plot`."""
-
-
-def plot(
-    results: list[RunResult], target_l0: float, true_l0: float | None, out_dir: Path,
-    plots: Sequence[tuple[str, str, str]] = PLOTS, metrics: Sequence[str] = METRICS,
-) -> list[Path]:
-    """Absorption vs L0 and EV vs L0 (or ``plots``): one line per arm through its sweep
-    (sparsity setting ascending), means over seeds with std error bars on both axes;
-    ``true_l0`` None draws no true-L0 line."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    settings = per_setting_summary(results, metrics)
-    arms = list(dict.fromkeys(r.arm for r in results))
-    palette = matplotlib.colormaps["tab20"]
-    paths = []
-    for metric, label, filename in plots:
-        fig, ax = plt.subplots(figsize=(8, 5.5))
-        for i, arm in enumerate(arms):
-            sweep = [stats for (a, _), stats in sorted(settings.items()) if a == arm]
-            ax.errorbar(
-                [st["l0"][0] for st in sweep], [st[metric][0] for st in sweep],
-                xerr=[st["l0"][1] for st in sweep], yerr=[st[metric][1] for st in sweep],
-                color=palette((2 * i) % 20 + (2 * i) // 20), marker="os^vDP*Xhd<>"[i % 12],
-                capsize=2, label=arm, linestyle="--" if arm.startswith("oc") else "-",
-            )
-        ax.axvline(target_l0, color="black", linestyle=":", label=f"matched L0 {target_l0:.2f}")
-        if true_l0 is not None:
-            ax.axvline(true_l0, color="grey", linestyle="-.", label=f"true L0 {true_l0:.2f}")
-        ax.set_xlabel("L0 (mean active latents)")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="best")
-        fig.tight_layout()
-        path = out_dir / filename
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths
+"""(metric, y label, file name) of each plot (``benchmarks.sweep.plot``)."""
 
 
 def load_runs(path: Path) -> tuple[BenchmarkConfig, list[RunResult], float]:
@@ -742,10 +612,93 @@ def load_runs(path: Path) -> tuple[BenchmarkConfig, list[RunResult], float]:
     return bench, [RunResult(**run) for run in saved["runs"]], saved["wall_seconds"]
 
 
+def invocation(argv: Sequence[str] | None, seconds: float, workers: int, threads: int) -> dict[str, Any]:
+    """How one invocation ran: its command, the machine, torch, its wall time."""
+    command = "python -m benchmarks.synthetic_absorption " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return {
+        "command": command.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} "
+                   f"at the end), {workers} worker process(es) x {threads} torch thread(s)",
+        "torch": torch.__version__,
+        "seconds": seconds,
+    }
+
+
+def results_readme(
+    bench: BenchmarkConfig, results: list[RunResult], target_l0: float, true_l0: float, headline_arm: str,
+    wall_seconds: float, meta: dict[str, Any] | None,
+) -> ResultsReadme:
+    """The folder's README, from what ``runs.json`` holds."""
+    matched = matched_l0_summary(results, target_l0, METRICS)
+    seeds = sorted({r.seed for r in results})
+    arms = list(dict.fromkeys(r.arm for r in results))
+    settings = {arm: sorted({r.sparsity for r in results if r.arm == arm}) for arm in arms}
+    invocations = (meta or {}).get("invocations", [])
+    if invocations:
+        commands = "; ".join(
+            f"`{i['command']}` ({minutes(i['seconds']) if 'seconds' in i else i.get('time', 'time not recorded')})"
+            for i in invocations
+        )
+        machines = "; ".join(dict.fromkeys(i["machine"] for i in invocations))
+    else:
+        commands = machines = "not recorded in `runs.json` (made before the benchmark recorded them)"
+    note = [("Note", meta["note"])] if meta and meta.get("note") else []
+    short = [arm for arm, stats in matched.items() if stats["absorption"][2] < len(seeds)]
+    caveats = [
+        "Synthetic activations (SAELens's `sae_lens.synthetic`), not a language model: one kind of "
+        "hierarchy (parent/child, depth 1), no mutual exclusion, "
+        f"{bench.num_features} latents; the coefficients were tuned at this size.",
+        f"Short training ({bench.steps:,} steps) leaves ReLU+L1 SAEs above the true L0 "
+        f"({true_l0:.2f}), hence the matched L0 {target_l0:g}.",
+        "`ortho_contrastive` arms run with `ortho_mode=\"exact\"` and `ortho_lazy_every=1` unless the "
+        "arm's name says otherwise (pinned so that the committed results reproduce).",
+        f"{len(seeds)} seed(s): differences within one or two seed standard deviations are not results.",
+    ]
+    if short:
+        caveats.append(f"Not every seed's sweep reaches L0 {target_l0:g} for: {', '.join(short)} ((n=...) in the table).")
+    if bench.hidden_dim < 96:
+        caveats.append(f"At {bench.hidden_dim} dimensions the true features are more correlated than the "
+                       "orthogonality penalty's final threshold (0.05): a superposition stress test.")
+    return ResultsReadme(
+        title=f"Ground-truth absorption on a synthetic hierarchy ({len(arms)} arms)",
+        measures=(
+            "How often an SAE loses a parent feature when one of its children fires (absorption: the share "
+            "of samples with both active in which the parent's matched latent carries less than "
+            f"{bench.min_share:g} of it), with explained variance, MCC and dead latents, for each arm "
+            "(an architecture with fixed settings) at matched L0: every metric interpolated along each "
+            "seed's sparsity sweep, then averaged over seeds."
+        ),
+        provenance=[
+            ("Command", commands),
+            ("Machine", machines),
+            ("Wall time", f"{minutes(wall_seconds)} for {len(results)} runs"),
+            *note,
+            ("Covers", f"{len(arms)} arms x {max(len(v) for v in settings.values())} sparsity settings x "
+                       f"{len(seeds)} seed(s); synthetic model of {bench.num_features} features in "
+                       f"{bench.hidden_dim} dimensions, {bench.hierarchy_roots} parents x "
+                       f"{bench.hierarchy_branching} children; {bench.training_samples:,} training samples "
+                       f"({bench.steps:,} steps of {bench.batch_size}, lr {bench.lr:g}) and "
+                       f"{bench.eval_samples:,} evaluation samples per run"),
+        ],
+        table="\n".join([*matched_table(matched, target_l0, len(seeds)), "", *targets_section(matched, headline_arm)]),
+        caveats=caveats,
+        files=[
+            ("runs.json", "every run with its SAE config and all metrics; the benchmark config; the matched-L0 summary"),
+            ("table.md", "the matched-L0 table, the targets and every sparsity setting"),
+            ("absorption_vs_l0.png", "absorption against L0, one line per arm through its sweep"),
+            ("ev_vs_l0.png", "explained variance against L0"),
+        ],
+        docs="ground-truth-absorption.md",
+        regenerate="python -m benchmarks.synthetic_absorption --from-runs <this folder>/runs.json",
+    )
+
+
 def write_outputs(
     bench: BenchmarkConfig, results: list[RunResult], out_dir: Path, headline_arm: str,
-    wall_seconds: float,
+    wall_seconds: float, meta: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
+    """``runs.json``, ``table.md``, the two plots and the folder's ``README.md``. ``meta``
+    (``{"invocations": [...]}``, see :func:`invocation`) is saved in ``runs.json``."""
     out_dir.mkdir(parents=True, exist_ok=True)
     true_l0 = sum(r.metrics["true_l0"] for r in results) / len(results)
     target_l0 = bench.target_l0 if bench.target_l0 is not None else true_l0
@@ -757,7 +710,8 @@ def write_outputs(
             "true_l0": true_l0,
             "target_l0": target_l0,
             "wall_seconds": wall_seconds,
-            "matched_l0": matched_l0_summary(results, target_l0),
+            **({"meta": meta} if meta is not None else {}),
+            "matched_l0": matched_l0_summary(results, target_l0, METRICS),
             "runs": [asdict(r) for r in results],
         },
         indent=1,
@@ -765,8 +719,12 @@ def write_outputs(
     ))
     table_path = out_dir / "table.md"
     table_path.write_text(markdown_report(bench, results, target_l0, headline_arm, wall_seconds))
-    absorption_png, ev_png = plot(results, target_l0, true_l0, out_dir)
-    return {"runs": runs_path, "table": table_path, "absorption_plot": absorption_png, "ev_plot": ev_png}
+    absorption_png, ev_png = plot(results, target_l0, true_l0, out_dir, PLOTS, METRICS)
+    readme = write_results_readme(
+        out_dir, results_readme(bench, results, target_l0, true_l0, headline_arm, wall_seconds, meta)
+    )
+    return {"runs": runs_path, "table": table_path, "absorption_plot": absorption_png, "ev_plot": ev_png,
+            "readme": readme}
 
 
 def merge_new_arms(
@@ -808,7 +766,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--grid", choices=sorted(GRIDS), default="compare",
                         help="'compare' (default): the architectures; 'tuning': the "
-                        "coefficient sweep behind the defaults; 'cost': the ortho term's cheaper designs (issue 12)")
+                        "coefficient sweep behind the defaults; 'cost': the ortho term's cheaper designs")
     parser.add_argument("--quick", action="store_true", help="1 seed, 20k evaluation samples")
     parser.add_argument("--seeds", type=int, help="number of training seeds (0..n-1)")
     parser.add_argument("--samples", type=int, help="training samples per run")
@@ -862,25 +820,30 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     bench = config_from_args(args)
+    start = time.perf_counter()
     if args.from_runs:
         bench, results, wall = load_runs(args.from_runs)
+        meta = json.loads(args.from_runs.read_text()).get("meta")
         if args.target_l0 is not None:
             bench = replace(bench, target_l0=args.target_l0)
     elif args.merge_into:
+        saved_meta = json.loads(args.merge_into.read_text()).get("meta") or {}
         bench, results, wall = merge_new_arms(
             args.merge_into, bench, workers=args.workers, threads=args.threads
         )
+        this = invocation(argv, time.perf_counter() - start, args.workers, args.threads)
+        meta = {"invocations": [*saved_meta.get("invocations", []), this]}
     else:
-        start = time.perf_counter()
         results = run_grid(bench, workers=args.workers, threads=args.threads)
         wall = time.perf_counter() - start
+        meta = {"invocations": [invocation(argv, wall, args.workers, args.threads)]}
     if args.out is not None:
         out = args.out
     elif args.from_runs or args.merge_into:
         out = (args.from_runs or args.merge_into).parent
     else:
         out = DEFAULT_OUT / "tuning" if args.grid == "tuning" else DEFAULT_OUT
-    paths = write_outputs(bench, results, out, args.headline_arm, wall)
+    paths = write_outputs(bench, results, out, args.headline_arm, wall, meta)
     print(paths["table"].read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())} in {wall / 60:.1f} min", file=sys.stderr)
     return paths

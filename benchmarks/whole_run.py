@@ -1,4 +1,4 @@
-"""Section 6: the training step's cost along the whole threshold anneal (issue 12).
+"""Section 6: the training step's cost along the whole threshold anneal.
 
 A 'close_pairs' list is cheap while few pairs are near the threshold, at the start of the
 anneal; at its end (tau -> 0.05) many pairs are, the list overflows and the exact term is
@@ -58,7 +58,7 @@ ALTERNATIVES = [
      {"ortho_lazy_every": 4, "ortho_overfull_chunks": s})
     for s in (1, 2, 4)
 ]
-"""The designs of issue 12 weighed for the defaults, timed at every shape (the one equal
+"""The cheaper designs weighed for the defaults, timed at every shape (the one equal
 to the defaults is left out)."""
 
 

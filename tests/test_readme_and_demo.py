@@ -41,9 +41,15 @@ def test_every_tagged_example_is_run_by_a_test_and_appears_once():
     assert {tag: len(places) for tag, places in tagged_examples().items()} == dict.fromkeys(TESTED_EXAMPLES, 1)
 
 
+def test_every_results_folder_with_a_table_has_its_readme():
+    tables = [*ROOT.glob("benchmarks/results/**/table.md"), *ROOT.glob("benchmarks/results/**/results.md")]
+    assert tables
+    assert [str(t.parent) for t in tables if not (t.parent / "README.md").exists()] == []
+
+
 def test_every_relative_link_in_the_readme_and_docs_points_to_an_existing_file():
     broken = []
-    for document in DOCUMENTS:
+    for document in [*DOCUMENTS, *sorted(ROOT.glob("benchmarks/results/**/README.md"))]:
         text = re.sub(r"```.*?```", "", document.read_text(), flags=re.S)  # code is not a link
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if re.match(r"[a-z]+://|#|mailto:", target):

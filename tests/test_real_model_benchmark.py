@@ -66,6 +66,9 @@ def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
                                 {"command": "c", "machine": "m", "source": "planted", "wall_seconds": 1.0})
     assert all(p.exists() for p in paths.values())
     assert len(json.loads(paths["json"].read_text())["runs"]) == 2
+    readme = paths["readme"].read_text()  # the folder's README: command, machine, table, caveats
+    assert "`c`" in readme and "- **Machine:** m" in readme and "The benchmark's verdict" in readme
+    assert "A toy model" not in readme  # the meta does not say real=False
 
 
 def fake(arm, sparsity, l0, absorption, trusted=True):

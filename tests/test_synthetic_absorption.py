@@ -22,6 +22,7 @@ from sae_lens.synthetic import (
 from torch.testing import assert_close
 
 from benchmarks import synthetic_absorption as bench
+from benchmarks import sweep
 from orthosae_plugin.evals.synthetic import (
     SyntheticAbsorptionConfig,
     effective_decoder,
@@ -196,11 +197,11 @@ def test_a_model_without_hierarchy_is_refused():
 
 
 def test_matched_l0_interpolates_along_the_sweep_and_never_extrapolates():
-    assert bench.interpolate_at([2.0, 4.0, 8.0], [1.0, 0.5, 0.0], 3.0) == 0.75
-    assert bench.interpolate_at([8.0, 4.0, 2.0], [0.0, 0.5, 1.0], 6.0) == 0.25  # L0 falling
-    assert math.isnan(bench.interpolate_at([2.0, 4.0], [1.0, 0.5], 5.0))
+    assert sweep.interpolate_at([2.0, 4.0, 8.0], [1.0, 0.5, 0.0], 3.0) == 0.75
+    assert sweep.interpolate_at([8.0, 4.0, 2.0], [0.0, 0.5, 1.0], 6.0) == 0.25  # L0 falling
+    assert math.isnan(sweep.interpolate_at([2.0, 4.0], [1.0, 0.5], 5.0))
     # An L1 sweep that folds back (L0 6.0 -> 5.0 -> 5.5): the first crossing counts.
-    assert bench.interpolate_at([6.0, 5.0, 5.5], [0.4, 0.6, 0.9], 5.25) == pytest.approx(0.55)
+    assert sweep.interpolate_at([6.0, 5.0, 5.5], [0.4, 0.6, 0.9], 5.25) == pytest.approx(0.55)
 
 
 def test_matched_l0_summary_interpolates_each_seed_then_averages_over_seeds():
@@ -209,7 +210,7 @@ def test_matched_l0_summary_interpolates_each_seed_then_averages_over_seeds():
         return bench.RunResult("A", "standard", "l1_coefficient", l0, seed, metrics, {}, 0.0, {})
 
     results = [run(0, 4.0, 0.2), run(0, 6.0, 0.4), run(1, 4.0, 0.4), run(1, 6.0, 0.6)]
-    mean, std, n = bench.matched_l0_summary(results, target_l0=5.0)["A"]["absorption"]
+    mean, std, n = sweep.matched_l0_summary(results, target_l0=5.0, metrics=bench.METRICS)["A"]["absorption"]
     assert (mean, n) == (pytest.approx(0.4), 2)
     assert std == pytest.approx(0.1 * 2**0.5)  # sample std of 0.3 and 0.5
 
@@ -243,6 +244,8 @@ def test_tiny_benchmark_writes_every_run_a_table_and_plots(tmp_path):
     assert f"Targets for `{arms[1]}`" in table
     assert paths["absorption_plot"].read_bytes()[:4] == b"\x89PNG"
     assert paths["ev_plot"].read_bytes()[:4] == b"\x89PNG"
+    readme = paths["readme"].read_text()  # the folder's README: the matched-L0 table and its caveats
+    assert f"| {arms[0]} |" in readme and "## Caveats" in readme and "`runs.json`" in readme
 
     # The saved runs re-render the same table without training.
     again = bench.main(["--from-runs", str(paths["runs"]), "--out", str(tmp_path / "again"),

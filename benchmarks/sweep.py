@@ -1,0 +1,192 @@
+"""What the sweep benchmarks share (``benchmarks.synthetic_absorption``,
+``benchmarks.real_model``): an arm (one architecture swept over one sparsity field), the
+matched-L0 interpolation and summaries, the sweep plots, and SAELens's progress bars
+turned off while a grid draws its own.
+
+Arms are compared at matched L0: for each seed, every metric is linearly interpolated
+along the arm's sparsity sweep to the target L0 (first crossing, never extrapolated),
+then averaged over the seeds whose sweep reaches it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from sae_lens.synthetic import feature_dictionary
+from sae_lens.training import sae_trainer
+from tqdm.auto import tqdm
+
+Stat = tuple[float, float, int]
+"""(mean, sample std, number of seeds) of one metric."""
+
+
+@dataclass
+class Arm:
+    """One architecture with fixed settings, swept over one sparsity field."""
+
+    name: str
+    """Label in the tables and the plots; also names the run files (:attr:`slug`)."""
+    architecture: str
+    """SAELens training-registry name, e.g. 'standard', 'ortho_contrastive'."""
+    sparsity_field: str
+    """Config field swept to move L0: 'l1_coefficient' (ReLU+L1 bases) or 'k' (TopK family)."""
+    sparsity_values: tuple[float, ...]
+    """Values of ``sparsity_field`` in sweep order, one run per value and seed (>= 2 for
+    interpolation)."""
+    sae_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Other config fields of the architecture."""
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^\w.\-]+", "_", self.name).strip("_")
+
+    def is_matryoshka(self) -> bool:
+        """SAELens's Matryoshka, or ``ortho_contrastive`` on its base."""
+        return "matryoshka_batchtopk" in (self.architecture, self.sae_kwargs.get("sparsity_base"))
+
+
+def matryoshka_widths(d_sae: int) -> list[int]:
+    """Nested prefixes d_sae/8, d_sae/4, d_sae/2, d_sae."""
+    return [d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
+
+
+# --- matched-L0 summary --------------------------------------------------------------
+
+
+class Run(Protocol):
+    """What the summaries read of a run (each benchmark has its own run record)."""
+
+    arm: str
+    seed: int
+    sparsity: float
+    metrics: dict[str, float]
+
+
+def interpolate_at(l0s: Sequence[float], values: Sequence[float], target: float) -> float:
+    """``values`` at L0 = ``target``, linearly interpolated along the sweep.
+
+    ``l0s`` and ``values`` are in sweep order (sparsity setting ascending). The first
+    segment of the sweep whose L0s enclose ``target`` is used: an L1 sweep can fold
+    back (past some l1_coefficient, L0 stops falling while the SAE degrades), and the
+    first crossing is the least-penalised SAE at that L0. NaN when no segment encloses
+    ``target`` (never extrapolated).
+    """
+    points = list(zip(l0s, values))
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if min(x0, x1) <= target <= max(x0, x1):
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (target - x0) / (x1 - x0)
+    return math.nan
+
+
+def mean_std(values: Sequence[float]) -> Stat:
+    """Mean, sample std (0 for one value) and count of the non-NaN values."""
+    kept = [v for v in values if not math.isnan(v)]
+    if not kept:
+        return math.nan, math.nan, 0
+    mean = sum(kept) / len(kept)
+    std = math.sqrt(sum((v - mean) ** 2 for v in kept) / (len(kept) - 1)) if len(kept) > 1 else 0.0
+    return mean, std, len(kept)
+
+
+def matched_l0_summary(results: Sequence[Run], target_l0: float, metrics: Sequence[str]) -> dict[str, dict[str, Stat]]:
+    """``{arm: {metric: (mean, std, n_seeds)}}`` at L0 = ``target_l0``: per seed,
+    interpolated along the sparsity sweep (:func:`interpolate_at`); then over the seeds
+    whose sweep reaches ``target_l0``. Each run's ``metrics`` holds ``l0`` and ``metrics``."""
+    summary: dict[str, dict[str, Stat]] = {}
+    for arm in dict.fromkeys(r.arm for r in results):
+        per_seed: dict[str, list[float]] = {m: [] for m in metrics}
+        for seed in dict.fromkeys(r.seed for r in results):
+            runs = sorted(
+                (r for r in results if r.arm == arm and r.seed == seed), key=lambda r: r.sparsity
+            )
+            l0s = [r.metrics["l0"] for r in runs]
+            for metric in metrics:
+                per_seed[metric].append(
+                    interpolate_at(l0s, [r.metrics[metric] for r in runs], target_l0)
+                )
+        summary[arm] = {m: mean_std(v) for m, v in per_seed.items()}
+    return summary
+
+
+def per_setting_summary(results: Sequence[Run], metrics: Sequence[str]) -> dict[tuple[str, float], dict[str, Stat]]:
+    """``{(arm, sparsity): {metric: (mean, std, n_seeds)}}``."""
+    keys = dict.fromkeys((r.arm, r.sparsity) for r in results)
+    return {
+        key: {
+            m: mean_std([r.metrics[m] for r in results if (r.arm, r.sparsity) == key])
+            for m in metrics
+        }
+        for key in keys
+    }
+
+
+# --- plots ---------------------------------------------------------------------------
+
+
+def plot(
+    results: Sequence[Run], target_l0: float, true_l0: float | None, out_dir: Path,
+    plots: Sequence[tuple[str, str, str]], metrics: Sequence[str],
+) -> list[Path]:
+    """One PNG per ``(metric, y label, file name)`` of ``plots``, against L0: one line per
+    arm through its sweep (sparsity setting ascending), means over seeds with std error
+    bars on both axes; ``true_l0`` None draws no true-L0 line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = per_setting_summary(results, metrics)
+    arms = list(dict.fromkeys(r.arm for r in results))
+    palette = matplotlib.colormaps["tab20"]
+    paths = []
+    for metric, label, filename in plots:
+        fig, ax = plt.subplots(figsize=(8, 5.5))
+        for i, arm in enumerate(arms):
+            sweep = [stats for (a, _), stats in sorted(settings.items()) if a == arm]
+            ax.errorbar(
+                [st["l0"][0] for st in sweep], [st[metric][0] for st in sweep],
+                xerr=[st["l0"][1] for st in sweep], yerr=[st[metric][1] for st in sweep],
+                color=palette((2 * i) % 20 + (2 * i) // 20), marker="os^vDP*Xhd<>"[i % 12],
+                capsize=2, label=arm, linestyle="--" if arm.startswith("oc") else "-",
+            )
+        ax.axvline(target_l0, color="black", linestyle=":", label=f"matched L0 {target_l0:.2f}")
+        if true_l0 is not None:
+            ax.axvline(true_l0, color="grey", linestyle="-.", label=f"true L0 {true_l0:.2f}")
+        ax.set_xlabel("L0 (mean active latents)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        path = out_dir / filename
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+# --- quiet progress bars -------------------------------------------------------------
+
+
+def _disabled_tqdm(*args: Any, **kwargs: Any) -> tqdm:
+    return tqdm(*args, **{**kwargs, "disable": True})  # over any disable= of the caller
+
+
+@contextlib.contextmanager
+def quiet_saelens_progress() -> Iterator[None]:
+    """SAETrainer draws a progress bar per run, and the synthetic feature orthogonalizer
+    one per model; a sweep draws one for the whole grid instead."""
+    modules = (sae_trainer, feature_dictionary)
+    originals = [module.tqdm for module in modules]
+    for module in modules:
+        module.tqdm = _disabled_tqdm
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, originals):
+            module.tqdm = original
