@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smollm2", type=Path, nargs="*", default=None,
                         help="saved SAEs on SmolLM2 to evaluate (instead of the planted cases)")
     parser.add_argument("--smollm2-train", type=Path, default=None,
-                        help="a SmolLM2 activation cache (orthosae_plugin.activations): first "
+                        help="a SmolLM2 activation cache (orthosae_plugin.smollm2.activations): first "
                         "train a standard SAE on it as issue 9 did (d_sae 2304, l1 5, lr 1e-3, "
                         "batch 1024, 600k tokens = 585 steps; no activation "
                         "normalisation), and add it to --smollm2")
@@ -181,7 +181,7 @@ def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
     training checkpoints after `checkpoints` steps; returns [checkpoints..., final]."""
     from sae_lens import StandardTrainingSAEConfig
 
-    from orthosae_plugin.activations import smollm2_runner_config, smollm2_training_runner
+    from orthosae_plugin.smollm2.activations import smollm2_runner_config, smollm2_training_runner
 
     batch = 1024
     final = out / "final"
@@ -212,7 +212,7 @@ def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None,
     """The alarm on real SAEs: SmolLM2 layer-15 SAEs, an untrained one, a random one."""
     import shutil
 
-    from orthosae_plugin.smollm import load_smollm2
+    from orthosae_plugin.smollm2.model import load_smollm2
 
     model = load_smollm2()
     target = out / "smollm2_absorption"

@@ -204,10 +204,11 @@ class Source(Protocol):
 
 class SmolLM2Source:
     """SmolLM2-135M-Instruct (4-bit, dequantized) on the English corpus, through
-    ``orthosae_plugin.smollm`` and ``orthosae_plugin.activations``."""
+    ``orthosae_plugin.smollm2.model`` and ``orthosae_plugin.smollm2.activations``."""
 
     def __init__(self, bench: BenchConfig):
-        from orthosae_plugin import activations, smollm
+        from orthosae_plugin.smollm2 import activations
+        from orthosae_plugin.smollm2 import model as smollm
 
         self._activations = activations
         self.bench = bench
@@ -230,7 +231,7 @@ class SmolLM2Source:
         return acts_ND[:n_tokens]
 
     def heldout_tokens(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
-        from orthosae_plugin.corpus import english_corpus
+        from orthosae_plugin.smollm2.corpus import english_corpus
 
         rows = english_corpus(self.model.tokenizer, context_size=self.bench.context_size, split="heldout",
                               max_tokens=n_tokens)
@@ -484,9 +485,9 @@ def data_version(source_name: str) -> str:
     layout versions (a new layout means new activations: saved runs are not reused)."""
     if source_name != "smollm2":
         return source_name
-    from orthosae_plugin import corpus
+    from orthosae_plugin.smollm2 import corpus
 
-    return f"corpus text v{corpus._TEXT_VERSION}, rows v{corpus._ROWS_VERSION}"
+    return f"corpus text v{corpus.TEXT_VERSION}, rows v{corpus.ROWS_VERSION}"
 
 
 def run_path(runs_dir: Path, arm: Arm, sparsity: float) -> Path:
@@ -862,12 +863,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     if args.work_dir is not None:
         work_dir = args.work_dir
     else:
-        try:
-            from orthosae_plugin.smollm import cache_dir
-        except ImportError:  # a version without the SmolLM2 model module
-            work_dir = Path.home() / ".cache" / "orthosae-plugin" / "real_model_benchmark" / runs_dir.name
-        else:
-            work_dir = cache_dir() / "real_model_benchmark" / runs_dir.name
+        from orthosae_plugin.smollm2.cache import cache_dir
+
+        work_dir = cache_dir() / "real_model_benchmark" / runs_dir.name
     command = "python -m benchmarks.real_model " + shlex.join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
     meta: dict[str, Any] = {

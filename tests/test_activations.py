@@ -10,15 +10,15 @@ from sae_lens import SAE
 from torch.testing import assert_close
 
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
-from orthosae_plugin.activations import (
+from orthosae_plugin.smollm2.activations import (
     cache_info,
     cached_activations,
     heldout_metrics,
     smollm2_runner_config,
     smollm2_training_runner,
 )
-from orthosae_plugin.corpus import english_corpus
-from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME
+from orthosae_plugin.smollm2.corpus import english_corpus
+from orthosae_plugin.smollm2.model import SMOLLM2_MODEL_NAME
 
 SMOLLM2_TEST_HOOK = "blocks.15.hook_resid_post"  # as the session fixture in conftest.py
 SMOLLM2_TEST_TOKENS = 20_000
@@ -28,7 +28,7 @@ def test_the_cache_holds_positions_1_to_127_of_training_rows(smollm2, smollm2_ac
     info = cache_info(smollm2_activations)
     assert info["n_tokens"] >= SMOLLM2_TEST_TOKENS and info["seqpos_slice"] == [1, None]
     # made from rows of today's layout, in a folder whose name no older cache can hold
-    from orthosae_plugin.corpus import CORPUS_LAYOUT
+    from orthosae_plugin.smollm2.corpus import CORPUS_LAYOUT
     assert info["corpus_layout"] == CORPUS_LAYOUT and smollm2_activations.name.endswith(CORPUS_LAYOUT)
     cached = load_from_disk(str(smollm2_activations))
     assert cached.features[SMOLLM2_TEST_HOOK].shape == (127, 576)
@@ -79,8 +79,8 @@ def test_an_sae_trains_on_cached_activations_for_the_full_budget_and_loads_witho
 
 
 def test_a_cache_of_another_corpus_layout_or_text_is_never_reused(tmp_path, monkeypatch):
-    from orthosae_plugin.activations import _META, _activations_root, _existing_cache
-    from orthosae_plugin.corpus import CORPUS_LAYOUT
+    from orthosae_plugin.smollm2.activations import _META, _activations_root, _existing_cache
+    from orthosae_plugin.smollm2.corpus import CORPUS_LAYOUT
 
     monkeypatch.setenv("ORTHOSAE_CACHE", str(tmp_path))
     root = _activations_root("blocks.15.hook_resid_post", 128)

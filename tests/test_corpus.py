@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from orthosae_plugin import corpus
-from orthosae_plugin.corpus import CorpusUnavailable, english_corpus, separator_token_id, split_document
+from orthosae_plugin.smollm2 import corpus
+from orthosae_plugin.smollm2.corpus import CorpusUnavailable, english_corpus, separator_token_id, split_document
 
 
 @pytest.fixture(scope="module")

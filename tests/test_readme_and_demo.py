@@ -147,7 +147,7 @@ DEMO_QUICK = ["--tokens", "20000", "--batch-size", "500", "--d-sae", "1152", "--
 
 def test_demo_trains_on_smollm2_saves_and_reports(tmp_path, smollm2_activations):
     result = subprocess.run(
-        [sys.executable, "-m", "orthosae_plugin.demo", *DEMO_QUICK, "--out", str(tmp_path)],
+        [sys.executable, "-m", "orthosae_plugin.smollm2.demo", *DEMO_QUICK, "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -166,7 +166,7 @@ def test_demo_trains_on_smollm2_saves_and_reports(tmp_path, smollm2_activations)
 
 def test_demo_refuses_a_budget_below_the_warm_up(tmp_path, smollm2_activations):
     result = subprocess.run(
-        [sys.executable, "-m", "orthosae_plugin.demo", *DEMO_QUICK, "--warm-up-steps", "1000", "--out", str(tmp_path)],
+        [sys.executable, "-m", "orthosae_plugin.smollm2.demo", *DEMO_QUICK, "--warm-up-steps", "1000", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode != 0

@@ -1,7 +1,7 @@
 """SmolLM2 loads offline as a HookedTransformer that computes what transformers computes.
 
 The model must be in the cache (``scripts/setup-env.sh`` runs
-``python -m orthosae_plugin.smollm fetch``); none of these tests skips without it.
+``python -m orthosae_plugin.smollm2 fetch``); none of these tests skips without it.
 """
 
 import zipfile
@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from orthosae_plugin import smollm
-from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME, SmolLM2Unavailable, find_gguf, load_smollm2
+from orthosae_plugin.smollm2 import model as smollm
+from orthosae_plugin.smollm2.model import SMOLLM2_MODEL_NAME, SmolLM2Unavailable, find_gguf, load_smollm2
 
 PROMPT = "The capital of France is"
 

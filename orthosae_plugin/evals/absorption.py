@@ -75,7 +75,6 @@ from tqdm.auto import tqdm
 from transformer_lens import HookedTransformer
 from transformer_lens.loading_from_pretrained import get_official_model_name
 
-from orthosae_plugin import smollm
 from orthosae_plugin.evals.alarm import (
     ALARM_KEY,
     AbsorptionAlarm,
@@ -101,7 +100,8 @@ from orthosae_plugin.evals.saebench_fixes import (
     stop_after_layer,
 )
 from orthosae_plugin.evals.steps import run_schedule, training_steps_of
-from orthosae_plugin.smollm import SMOLLM2_MODEL_NAME
+from orthosae_plugin.smollm2 import model as smollm
+from orthosae_plugin.smollm2.model import SMOLLM2_MODEL_NAME
 
 VOCABULARY_KEY = "orthosae_vocabulary"
 """Key of the probed vocabulary (:class:`VocabularyChoice`) in ``eval_result_unstructured``."""
@@ -145,7 +145,7 @@ def load_model(name: str, device: str = "cpu", dtype: str | None = None) -> Hook
     ``"planted-first-letter"`` builds the offline planted model (default
     :class:`~orthosae_plugin.evals.planted.PlantedModelConfig`);
     ``"smollm2-135m-instruct-q4_1"`` loads SmolLM2-135M-Instruct offline through
-    ``orthosae_plugin.smollm.load_smollm2``; any other name goes to
+    ``orthosae_plugin.smollm2.model.load_smollm2``; any other name goes to
     ``HookedTransformer.from_pretrained_no_processing`` (the hub, or the local Hugging Face
     cache with ``HF_HUB_OFFLINE=1``), in SAEBench's dtype for that model unless given.
 
