@@ -1,4 +1,4 @@
-"""Self-contrastive reconstruction loss through a fixed random projection (DESIGN.md §1.2).
+"""Self-contrastive reconstruction loss through a fixed random projection; the maths in docs/method.md.
 
 Each reconstruction must be closer to its own input than to the other inputs of the
 batch (InfoNCE with the positives on the diagonal):
