@@ -26,11 +26,14 @@ definitions (its ``ExplainedVarianceCalculator``, its CE-loss score) on position
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +52,10 @@ SEQPOS_SLICE = (1, None)
 """Positions kept from every row when caching: all but position 0 (the attention sink)."""
 DEFAULT_HOOK = "blocks.15.hook_resid_post"
 """The middle of SmolLM2's 30 layers; docs/real-model.md has the measurement (residual norms and forward speed per layer)."""
+SAVED_KWARGS_ADVICE = r"\s*This SAE has non-empty model_from_pretrained_kwargs"
+"""SAELens's warning, on every SAE recording ``model_from_pretrained_kwargs``, to load the model
+with them: :func:`load_smollm2` already applies exactly those (:data:`SMOLLM2_PROCESSING`).
+A pattern for ``warnings.filterwarnings``."""
 _BUFFER_TOKENS = 32_768  # tokens per cache shard: one progress-bar step, ~75 MB at d_in 576
 _META = "orthosae_cache.json"
 
@@ -127,7 +134,9 @@ def cached_activations(hook_name: str = DEFAULT_HOOK, n_tokens: int = 600_000, c
             seqpos_slice=SEQPOS_SLICE,
         )
         runner = _cache_runner(cfg, model, corpus.select(range(n_rows)))
-        with no_datasets_progress_bars():  # SAELens's "Caching activations" bar is the phase's one
+        with no_datasets_progress_bars(), warnings.catch_warnings():  # "Caching activations": the phase's one bar
+            # SAELens copies each token row with torch.tensor(row), which torch warns about
+            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
             runner.run()
         (tmp / _META).write_text(json.dumps({
             "model_name": SMOLLM2_MODEL_NAME, "hook_name": hook_name, "context_size": context_size,
@@ -152,7 +161,11 @@ def _cache_runner(cfg: CacheActivationsRunnerConfig, model: Any, dataset: Datase
     original = module.load_model
     module.load_model = lambda **_: model  # type: ignore[assignment]
     try:
-        return CacheActivationsRunner(cfg, override_dataset=dataset)
+        with warnings.catch_warnings():
+            # SAELens compares the dataset's rows (each context_size tokens) with the token
+            # budget: "contains fewer samples (1568) than ... required (199136)" for exactly enough rows.
+            warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+            return CacheActivationsRunner(cfg, override_dataset=dataset)
     finally:
         module.load_model = original
 
@@ -214,11 +227,34 @@ def smollm2_training_runner(cfg: LanguageModelSAERunnerConfig, model: Any = None
     model = model if model is not None else load_smollm2()
     placeholder = english_corpus(model.tokenizer, context_size=cfg.context_size + 1, split="train",
                                  max_tokens=16 * (cfg.context_size + 1))
-    with warnings.catch_warnings():
-        # "pretokenized dataset has context_size 128, but the provided context_size is 127"
+    with warnings.catch_warnings(), _without_override_notices():
+        # Both about the placeholder, which training never reads. "pretokenized dataset has
+        # context_size 128, but the provided context_size is 127"; "The training dataset
+        # contains fewer samples (16) than the number of samples required by your training
+        # configuration (196608)": SAELens compares its rows with the token budget.
         warnings.filterwarnings("ignore", message="pretokenized dataset has context_size")
+        warnings.filterwarnings("ignore", message="The training dataset contains fewer samples")
+        warnings.filterwarnings("ignore", message=SAVED_KWARGS_ADVICE)
         return LanguageModelSAETrainingRunner(cfg, override_model=model, override_dataset=placeholder,
                                               **runner_kwargs)
+
+
+@contextlib.contextmanager
+def _without_override_notices() -> Iterator[None]:
+    """SAELens logs "You just passed in a model / dataset which will override the one specified
+    in your configuration ... not reproducible via configuration alone" for every in-memory
+    model and dataset. Here both are what the config names (SmolLM2 cannot be loaded by name;
+    the dataset is the placeholder), so those two notices are dropped; other messages pass."""
+    sae_lens_logger = logging.getLogger("sae_lens")
+
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("You just passed in a ")
+
+    sae_lens_logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        sae_lens_logger.removeFilter(keep)
 
 
 @torch.no_grad()

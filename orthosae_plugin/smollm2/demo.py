@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -27,6 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from sae_lens import SAE  # noqa: E402
 
 from orthosae_plugin.smollm2.activations import (  # noqa: E402
+    SAVED_KWARGS_ADVICE,
     cache_info,
     cached_activations,
     heldout_metrics,
@@ -38,7 +40,13 @@ from orthosae_plugin.orthogonality import decoder_pair_stats  # noqa: E402
 from orthosae_plugin.smollm2.model import load_smollm2  # noqa: E402
 
 DEFAULT_LAYER = 15
-DEFAULT_TOKENS = 196_608  # 192 steps of 1024; see the README for the measured wall time
+DEFAULT_TOKENS = 196_608  # activations cached: 192 batches of 1024 (the model's forward is the slow part)
+DEFAULT_EPOCHS = 3  # passes over them: 576 steps (a training step costs ~1/6 of caching its tokens)
+DEFAULT_L1 = 3.0
+DEFAULT_LR = 1e-3
+DEFAULT_NORMALIZE = "expected_average_only_in"
+"""SAELens scales the activations to mean norm sqrt(d_in) for training (estimated on 100 batches)
+and folds the factor into the saved weights, so l1 means the same at every layer."""
 
 
 def record_losses(sae: OrthoContrastiveTrainingSAE) -> list[dict[str, float]]:
@@ -69,9 +77,13 @@ def plot_losses(history: list[dict[str, float]], path: Path, title: str) -> None
 
 
 def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER, batch_size: int = 1024,
-             d_sae: int = 2304, l1_coefficient: float = 5.0, warm_up_steps: int | None = None,
-             eval_tokens: int = 4096, lr: float = 4e-3) -> Path:
-    """Cache, train, save and report; returns the folder of the saved inference SAE."""
+             d_sae: int = 2304, l1_coefficient: float = DEFAULT_L1, warm_up_steps: int | None = None,
+             eval_tokens: int = 4096, lr: float = DEFAULT_LR, epochs: int = DEFAULT_EPOCHS,
+             normalize_activations: str = DEFAULT_NORMALIZE) -> Path:
+    """Cache ``tokens`` activations, train ``epochs`` passes over them, save and report; returns
+    the folder of the saved inference SAE."""
+    if epochs < 1:
+        raise ValueError(f"epochs={epochs}; must be at least 1")
     clock = {"start": time.perf_counter()}
     model = load_smollm2()
     clock["model"] = time.perf_counter()
@@ -80,22 +92,31 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
     info = cache_info(activations)
     clock["activations"] = time.perf_counter()
 
-    steps = tokens // batch_size
+    training_tokens = tokens * epochs
+    steps = training_tokens // batch_size
     sae_cfg = OrthoContrastiveTrainingSAEConfig(
         d_in=model.cfg.d_model, d_sae=d_sae, l1_coefficient=l1_coefficient,
         # the default warm-up (1000 steps) is longer than a CPU demo; a third of the run
         contrastive_warm_up_steps=max(1, steps // 3) if warm_up_steps is None else warm_up_steps,
+        normalize_activations=normalize_activations,
     )
-    cfg = smollm2_runner_config(sae_cfg, activations, training_tokens=tokens, lr=lr,
-                                train_batch_size_tokens=batch_size, output_path=str(out / "sae"))
+    cfg = smollm2_runner_config(sae_cfg, activations, training_tokens=training_tokens, lr=lr,
+                                train_batch_size_tokens=batch_size, output_path=str(out / "sae"),
+                                n_batches_for_norm_estimate=100)
     runner = smollm2_training_runner(cfg, model=model)
     history = record_losses(runner.sae)
-    sae = runner.run()
+    with warnings.catch_warnings():
+        # SAELens says so at the start of every pass after the first; the demo asks for them
+        # (`epochs`) and reports them below.
+        warnings.filterwarnings("ignore", message="All samples in the training dataset have been exhausted")
+        sae = runner.run()
     clock["training"] = time.perf_counter()
     plot_losses(history, out / "training_losses.png",
                 f"ortho_contrastive on SmolLM2-135M {hook} (weighted loss terms)")
 
-    saved = SAE.load_from_disk(out / "sae")  # what users get: a plain SAELens SAE
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=SAVED_KWARGS_ADVICE)  # the model in hand is processed so
+        saved = SAE.load_from_disk(out / "sae")  # what users get: a plain SAELens SAE
     metrics = heldout_metrics(saved, model, hook, n_tokens=eval_tokens)
     clock["eval"] = time.perf_counter()
 
@@ -107,10 +128,11 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
               ("train", "activations", "training"), ("held-out eval", "training", "eval")]
     print(
         f"\nTrained `{c.architecture()}` (d_in={c.d_in}, d_sae={c.d_sae}, {c.sparsity_base} base, "
-        f"l1 {c.l1_coefficient}, lr {cfg.lr}) on {hook} of SmolLM2-135M-Instruct ({model.cfg.model_name}) through "
+        f"l1 {c.l1_coefficient}, lr {cfg.lr}, normalize_activations {normalize_activations}) on {hook} of SmolLM2-135M-Instruct ({model.cfg.model_name}) through "
         f"SAELens's runner, from activations cached once ({info['n_tokens']:,} tokens; position 0 of "
         f"each {info['context_size']}-token row left out).\n"
-        f"  steps trained          {step} (= {cfg.training_tokens} tokens // batch {batch_size})\n"
+        f"  steps trained          {step} (= {cfg.training_tokens} tokens // batch {batch_size}), "
+        f"{cfg.training_tokens / info['n_tokens']:.1f} passes over the cached activations\n"
         f"  ortho threshold        {c.ortho_threshold_start} -> {sae.ortho_threshold_at(step):.3f} "
         f"over {c.ortho_anneal_steps} steps ({c.ortho_mode})\n"
         f"  contrastive weight     0 -> {c.contrastive_coefficient} over "
@@ -139,14 +161,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
     parser.add_argument("--tokens", type=int, default=DEFAULT_TOKENS,
-                        help=f"training tokens, also the activations cached (default: {DEFAULT_TOKENS:,})")
+                        help=f"activations cached, the tokens of one pass (default: {DEFAULT_TOKENS:,})")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS,
+                        help=f"passes over the cached activations (default: {DEFAULT_EPOCHS})")
     parser.add_argument("--layer", type=int, default=DEFAULT_LAYER,
                         help=f"train on blocks.LAYER.hook_resid_post (default: {DEFAULT_LAYER}, of 0-29)")
     parser.add_argument("--batch-size", type=int, default=1024, help="tokens per training batch (default: 1024)")
     parser.add_argument("--d-sae", type=int, default=2304, help="dictionary size (default: 2304 = 4 x 576)")
-    parser.add_argument("--l1", type=float, default=5.0, help="L1 coefficient (default: 5)")
-    parser.add_argument("--lr", type=float, default=4e-3,
-                        help="learning rate (default: 4e-3; measured at 192 steps: L0 113 vs 354 at 1e-3)")
+    parser.add_argument("--l1", type=float, default=DEFAULT_L1, help=f"L1 coefficient (default: {DEFAULT_L1:g})")
+    parser.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"learning rate (default: {DEFAULT_LR:g})")
+    parser.add_argument("--normalize", choices=["none", DEFAULT_NORMALIZE], default=DEFAULT_NORMALIZE,
+                        help=f"SAELens's normalize_activations (default: {DEFAULT_NORMALIZE})")
     parser.add_argument("--warm-up-steps", type=int, default=None,
                         help="contrastive_warm_up_steps (default: a third of the steps)")
     parser.add_argument("--eval-tokens", type=int, default=4096,
@@ -154,7 +179,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     run_demo(args.out, tokens=args.tokens, layer=args.layer, batch_size=args.batch_size, d_sae=args.d_sae,
-             l1_coefficient=args.l1, warm_up_steps=args.warm_up_steps, eval_tokens=args.eval_tokens, lr=args.lr)
+             l1_coefficient=args.l1, warm_up_steps=args.warm_up_steps, eval_tokens=args.eval_tokens, lr=args.lr,
+             epochs=args.epochs, normalize_activations=args.normalize)
 
 
 if __name__ == "__main__":
