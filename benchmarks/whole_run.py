@@ -206,7 +206,7 @@ def chunk_estimate_error(sae: OrthoContrastiveTrainingSAE, tau: float, step: int
     def value_and_grad(estimate_step: int | None) -> tuple[float, torch.Tensor]:
         D_nd = unit_nd.clone().requires_grad_()
         if estimate_step is None:
-            value = ortho_penalty_exact(D_nd, tau, sae.cfg.ortho_block_size, sae._ortho_matmul_dtype)
+            value = ortho_penalty_exact(D_nd, tau, sae.cfg.ortho_block_size, sae.ortho_term.matmul_dtype)
         else:
             value = sae.ortho_overfull_estimate(D_nd, tau, estimate_step)
         (grad,) = torch.autograd.grad(value, D_nd)

@@ -1,4 +1,4 @@
-"""Thresholded decoder orthogonality (DESIGN.md §1.1).
+"""Thresholded decoder orthogonality: the kernels (pure functions of the decoder rows).
 
 With ``D`` the decoder with unit-norm rows, ``C = D D^T`` and a threshold ``tau``:
 
@@ -23,6 +23,8 @@ fp32 at ``n = 65536``, so nothing here ever materialises it whole.
   left out of a scan at ``L`` can exceed ``L + m_1 + m_2``, with ``m_1 >= m_2`` the two
   largest row movements since the scan. While ``m_1 + m_2 < tau - L`` the listed pairs
   are all the pairs that contribute, and the list's loss IS the exact loss.
+- :func:`matryoshka_ortho_penalty`: the exact penalty over the pairs within one prefix
+  level of a Matryoshka dictionary, or across two.
 - :func:`decoder_pair_stats`: the max |cos| and the share of pairs above ``tau``, for
   logging.
 
@@ -33,7 +35,7 @@ rows is within :func:`matmul_rounding_bound` (3 units of bf16 roundoff, 0.0117) 
 float32 one when the products accumulate in float32 (:func:`float32_accumulation` makes
 sure of it on CUDA), so the scan lowers its threshold by that much and the list stays
 provably complete; the penalty and its gradient become approximations (their measured error is in
-the README and ``benchmarks/results/speed``).
+``benchmarks/results/speed``).
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ from collections.abc import Iterator
 import torch
 from torch.nn import functional as F
 
-ORTHO_MODES = ("exact", "chunked", "close_pairs")
-ORTHO_LAZY_MODES = ("weighted", "reuse")
 ORTHO_MATMUL_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
 """``ortho_matmul_dtype`` values: None = the decoder's own (at least float32) precision."""
 
@@ -209,6 +209,34 @@ def ortho_penalty_chunked(
         total = total + thresholded_cosine_squared_sum(chunk_cd, tau, block_size, matmul_dtype)
         n_pairs += c * (c - 1)
     return total / max(n_pairs, 1)
+
+
+def matryoshka_ortho_penalty(
+    D_nd: torch.Tensor, tau: float, widths: list[int], pairs: str, block_size: int = 1024,
+    matmul_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The exact penalty's terms over the pairs within one prefix level
+    (``pairs='within_groups'``) or across two levels (``'across_groups'``), divided by
+    all ``n (n - 1)`` ordered pairs, like :func:`ortho_penalty_exact`.
+
+    Args:
+        D_nd: decoder directions with unit-norm rows, ``(n, d_in)``.
+        widths: the nested prefix widths, strictly increasing, the last one ``n``.
+    """
+    n = D_nd.shape[0]
+    if n < 2:
+        return D_nd.sum() * 0.0
+    within = D_nd.sum() * 0.0
+    for start, stop in zip([0, *widths[:-1]], widths):
+        if stop - start >= 2:
+            within = within + thresholded_cosine_squared_sum(D_nd[start:stop], tau, block_size, matmul_dtype)
+    if pairs == "within_groups":
+        total = within
+    elif pairs == "across_groups":
+        total = thresholded_cosine_squared_sum(D_nd, tau, block_size, matmul_dtype) - within
+    else:
+        raise ValueError(f"pairs={pairs!r} is invalid: allowed are within_groups, across_groups")
+    return total / (n * (n - 1))
 
 
 @torch.no_grad()

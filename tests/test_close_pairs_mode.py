@@ -9,6 +9,8 @@ import torch
 from sae_lens.saes.sae import TrainStepInput
 from torch.testing import assert_close
 
+from helpers import random_batch
+from helpers import step_input as make_step_input
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.orthogonality import close_pair_scan
 
@@ -22,17 +24,11 @@ def build_cfg(**kwargs) -> OrthoContrastiveTrainingSAEConfig:
 
 
 def step_input(x, ortho=1.0) -> TrainStepInput:
-    return TrainStepInput(
-        sae_in=x,
-        coefficients={"l1": 0.5, "ortho": ortho, "contrastive": 0.0},
-        dead_neuron_mask=None,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
+    return make_step_input(x, {"l1": 0.5, "ortho": ortho, "contrastive": 0.0})
 
 
 def batch(step, B=32, d=64):
-    return torch.randn(B, d, generator=torch.Generator().manual_seed(step)) + 1.0
+    return random_batch(B, d, step)
 
 
 def naive_ortho_penalty(W_dec: torch.Tensor, tau: float) -> torch.Tensor:
@@ -200,13 +196,13 @@ def test_reuse_mode_computes_again_after_a_load_and_logs_how_far_the_gradient_mo
         return out
 
     train_step(0), train_step(1)
-    kept_step = sae._ortho_reused_step
+    kept_step = sae.ortho_term.reused_step
     sae.load_state_dict(sae.state_dict())  # e.g. a resumed checkpoint: nothing kept is trusted
     train_step(2)
-    assert (kept_step, sae._ortho_reused_step) == (0, 2)
+    assert (kept_step, sae.ortho_term.reused_step) == (0, 2)
     train_step(3)
     out = train_step(4, logging=True)  # computed again at 4: the change since step 2 is logged
-    assert sae._ortho_reused_step == 4
+    assert sae.ortho_term.reused_step == 4
     assert 0 < out.metrics["ortho_reused_grad_rel_change"] < 10
 
 
@@ -337,11 +333,11 @@ def test_the_over_full_estimate_is_unbiased_and_one_chunk_is_the_exact_term():
     one_chunk = OrthoContrastiveTrainingSAE(build_cfg(d_sae=96, ortho_max_pair_fraction=1e-4, ortho_overfull_chunks=1))
     with torch.no_grad():
         one_chunk.W_dec.copy_(W_dec)
-    assert_close(one_chunk._ortho_penalty(one_chunk.unit_decoder(), tau, 0), exact)
+    assert_close(one_chunk.ortho_term.penalty(one_chunk.unit_decoder(), tau, 0), exact)
     sae = OrthoContrastiveTrainingSAE(build_cfg(d_sae=96, ortho_max_pair_fraction=1e-4, ortho_overfull_chunks=4))
     with torch.no_grad():
         sae.W_dec.copy_(W_dec)
-    estimates = torch.stack([sae._ortho_penalty(sae.unit_decoder(), tau, step).detach() for step in range(400)])
+    estimates = torch.stack([sae.ortho_term.penalty(sae.unit_decoder(), tau, step).detach() for step in range(400)])
     assert estimates.std() > 0.01 * exact  # a random estimate...
     mean, sem = estimates.mean(), estimates.std() / 400 ** 0.5
     assert abs(mean - exact) < 4 * sem  # ...whose expectation is the exact term
