@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sae_lens import LanguageModelSAETrainingRunner
+import torch
+from sae_lens import LanguageModelSAERunnerConfig, LanguageModelSAETrainingRunner, LoggingConfig
+from sae_lens.saes.sae import TrainStepInput
 
 from orthosae_plugin.toy import ToySetup, tiny_model, tiny_runner_config, tiny_token_dataset
 
@@ -39,3 +41,49 @@ def saved_run_runner(case: str, **runner_kwargs: Any) -> LanguageModelSAETrainin
                              train_batch_size_tokens=SAVED_RUN_BATCH, **runner_kwargs)
     return LanguageModelSAETrainingRunner(cfg, override_model=tiny_model(toy),
                                           override_dataset=tiny_token_dataset(toy))
+
+
+def step_input(x: torch.Tensor, coefficients: dict[str, float], dead: torch.Tensor | None = None,
+               logging: bool = False) -> TrainStepInput:
+    """A hand-built step input at ``n_training_steps=0`` (the SAE keeps its own clock)."""
+    return TrainStepInput(sae_in=x, coefficients=coefficients, dead_neuron_mask=dead,
+                          n_training_steps=0, is_logging_step=logging)
+
+
+def random_batch(B: int, d: int, seed: int) -> torch.Tensor:
+    """``(B, d)`` Gaussian activations with mean 1, fixed by ``seed``."""
+    return torch.randn(B, d, generator=torch.Generator().manual_seed(seed)) + 1.0
+
+
+def dead_mask(d_sae: int, seed: int = 0) -> torch.Tensor:
+    """About a third of the latents dead, so that the TopK auxiliary losses are not 0."""
+    return torch.rand(d_sae, generator=torch.Generator().manual_seed(seed)) < 0.3
+
+
+@torch.no_grad()
+def perturb(sae: Any, seed: int = 0) -> Any:
+    """Weights where every part of a base matters: decoder rows of unequal norms (the
+    TopK rescaling and its fold), non-zero biases."""
+    g = torch.Generator().manual_seed(seed)
+    d_sae, d_in = sae.cfg.d_sae, sae.cfg.d_in
+    sae.W_dec.mul_(torch.rand(d_sae, 1, generator=g) * 1.5 + 0.5)
+    sae.W_enc.add_(0.05 * torch.randn(sae.W_enc.shape, generator=g))
+    sae.b_enc.copy_(0.1 * torch.randn(d_sae, generator=g))
+    sae.b_dec.copy_(0.1 * torch.randn(d_in, generator=g))
+    return sae
+
+
+def shared_state(src: Any, dst: Any) -> None:
+    """Copy ``src``'s tensors into ``dst`` for every key ``dst`` has."""
+    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in dst.state_dict()})
+
+
+def runner_cfg(sae_cfg: Any, **kwargs: Any) -> LanguageModelSAERunnerConfig:
+    """A SAELens runner config around ``sae_cfg`` (2000 steps of 4096 tokens unless
+    ``kwargs`` say otherwise); builds no model."""
+    defaults = dict(
+        model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="in-memory",
+        training_tokens=4096 * 2000, train_batch_size_tokens=4096, context_size=32,
+        logger=LoggingConfig(log_to_wandb=False), verbose=False, checkpoint_path=None,
+    )
+    return LanguageModelSAERunnerConfig(sae=sae_cfg, **{**defaults, **kwargs})

@@ -34,7 +34,8 @@ from orthosae_plugin.cli import parse_train_args
 from orthosae_plugin.contrastive import self_contrastive_loss
 from orthosae_plugin.orthogonality import ortho_penalty_exact
 from orthosae_plugin.toy import ToySetup, tiny_model, tiny_runner_config, tiny_token_dataset
-from test_ortho_contrastive_sae import runner_cfg  # the runner config those tests build
+from helpers import dead_mask, perturb, random_batch, runner_cfg, shared_state
+from helpers import step_input as make_step_input
 
 D_IN, D_SAE, K = 64, 256, 8
 
@@ -58,43 +59,15 @@ def saelens_sae(base, **kwargs):
 
 
 def step_input(x, dead=None, l1=0.5, ortho=0.0, contrastive=0.0) -> TrainStepInput:
-    return TrainStepInput(
-        sae_in=x,
-        coefficients={"l1": l1, "ortho": ortho, "contrastive": contrastive},
-        dead_neuron_mask=dead,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
+    return make_step_input(x, {"l1": l1, "ortho": ortho, "contrastive": contrastive}, dead)
 
 
 def batch(B=32, seed=0):
-    return torch.randn(B, D_IN, generator=torch.Generator().manual_seed(seed)) + 1.0
-
-
-def dead_mask(seed=0):
-    """About a third of the latents dead, so that the TopK auxiliary loss is not 0."""
-    return torch.rand(D_SAE, generator=torch.Generator().manual_seed(seed)) < 0.3
-
-
-@torch.no_grad()
-def perturb(sae, seed=0):
-    """Weights where every part of a base matters: decoder rows of unequal norms (the
-    TopK rescaling and its fold), non-zero biases."""
-    g = torch.Generator().manual_seed(seed)
-    sae.W_dec.mul_(torch.rand(D_SAE, 1, generator=g) * 1.5 + 0.5)
-    sae.W_enc.add_(0.05 * torch.randn(sae.W_enc.shape, generator=g))
-    sae.b_enc.copy_(0.1 * torch.randn(D_SAE, generator=g))
-    sae.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
-    return sae
+    return random_batch(B, D_IN, seed)
 
 
 def dense(t):
     return t.to_dense() if t.is_sparse else t
-
-
-def shared_state(src, dst):
-    """Copy ``src``'s tensors into ``dst`` for every key ``dst`` has."""
-    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in dst.state_dict()})
 
 
 # --- which class each base builds --------------------------------------------------------
@@ -158,7 +131,7 @@ def test_with_extra_coefficients_at_zero_each_base_is_saelens_own(base, base_kwa
 
     # A few steps with the same update on both: BatchTopK's threshold is a running mean.
     for step in range(3):
-        x, dead = batch(seed=step), dead_mask(seed=step)
+        x, dead = batch(seed=step), dead_mask(D_SAE, seed=step)
         outs = []
         for sae in (ours, theirs):
             sae.zero_grad()
@@ -207,7 +180,7 @@ def test_with_coefficients_on_the_loss_is_the_base_plus_the_two_named_terms(base
     theirs = saelens_sae(base)
     shared_state(ours, theirs)
     ours.n_steps_trained.fill_(300)
-    x, dead = batch(), dead_mask()
+    x, dead = batch(), dead_mask(D_SAE)
     out = ours.training_forward_pass(step_input(x, dead, ortho=2.0, contrastive=0.2))
     base_out = theirs.training_forward_pass(step_input(x, dead))
 

@@ -33,7 +33,8 @@ from orthosae_plugin.contrastive import self_contrastive_loss
 from orthosae_plugin.ortho_contrastive import matryoshka_ortho_penalty
 from orthosae_plugin.orthogonality import ortho_penalty_exact
 from orthosae_plugin.toy import ToySetup, tiny_model, tiny_runner_config, tiny_token_dataset
-from test_ortho_contrastive_sae import runner_cfg  # the runner config those tests build
+from helpers import dead_mask, perturb, random_batch, runner_cfg, shared_state
+from helpers import step_input as make_step_input
 
 D_IN, D_SAE, K = 64, 256, 8
 WIDTHS = [32, 64, 128, 256]
@@ -57,38 +58,11 @@ def saelens_sae(**kwargs) -> MatryoshkaBatchTopKTrainingSAE:
 
 
 def step_input(x, dead=None, ortho=0.0, contrastive=0.0) -> TrainStepInput:
-    return TrainStepInput(
-        sae_in=x,
-        coefficients={"ortho": ortho, "contrastive": contrastive},
-        dead_neuron_mask=dead,
-        n_training_steps=0,
-        is_logging_step=False,
-    )
+    return make_step_input(x, {"ortho": ortho, "contrastive": contrastive}, dead)
 
 
 def batch(B=32, seed=0):
-    return torch.randn(B, D_IN, generator=torch.Generator().manual_seed(seed)) + 1.0
-
-
-def dead_mask(seed=0):
-    """About a third of the latents dead, in every prefix group, so that both auxiliary
-    losses (whole-SAE and per-level) are not 0."""
-    return torch.rand(D_SAE, generator=torch.Generator().manual_seed(seed)) < 0.3
-
-
-@torch.no_grad()
-def perturb(sae, seed=0):
-    """Decoder rows of unequal norms (the rescaling and its fold), non-zero biases."""
-    g = torch.Generator().manual_seed(seed)
-    sae.W_dec.mul_(torch.rand(D_SAE, 1, generator=g) * 1.5 + 0.5)
-    sae.W_enc.add_(0.05 * torch.randn(sae.W_enc.shape, generator=g))
-    sae.b_enc.copy_(0.1 * torch.randn(D_SAE, generator=g))
-    sae.b_dec.copy_(0.1 * torch.randn(D_IN, generator=g))
-    return sae
-
-
-def shared_state(src, dst):
-    dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in dst.state_dict()})
+    return random_batch(B, D_IN, seed)
 
 
 # --- class and fields --------------------------------------------------------------------
@@ -143,7 +117,7 @@ def test_with_extra_coefficients_at_zero_it_is_saelens_own_matryoshka(base_kwarg
     assert set(ours.get_coefficients()) == set(theirs.get_coefficients()) | {"ortho", "contrastive"}
 
     for step in range(3):
-        x, dead = batch(seed=step), dead_mask(seed=step)
+        x, dead = batch(seed=step), dead_mask(D_SAE, seed=step)
         outs = []
         for sae in (ours, theirs):
             sae.zero_grad()
@@ -197,7 +171,7 @@ def test_with_coefficients_on_the_loss_is_saelens_matryoshka_plus_the_two_named_
     theirs = saelens_sae()
     shared_state(ours, theirs)
     ours.n_steps_trained.fill_(300)
-    x, dead = batch(), dead_mask()
+    x, dead = batch(), dead_mask(D_SAE)
     out = ours.training_forward_pass(step_input(x, dead, ortho=2.0, contrastive=0.2))
     base_out = theirs.training_forward_pass(step_input(x, dead))
 
@@ -261,7 +235,7 @@ def test_within_plus_across_groups_is_the_whole_dictionary():
 @pytest.mark.parametrize("mode", ["exact", "close_pairs"])
 def test_the_training_step_penalises_the_configured_pairs(pairs, mode):
     sae = perturb(OrthoContrastiveTrainingSAE(build_cfg(matryoshka_ortho_pairs=pairs, ortho_mode=mode)))
-    out = sae.training_forward_pass(step_input(batch(), dead_mask(), ortho=3.0))
+    out = sae.training_forward_pass(step_input(batch(), dead_mask(D_SAE), ortho=3.0))
     tau = sae.ortho_threshold_at(0)
     D = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     assert_close(out.losses["ortho_loss"], 3.0 * naive_scoped_penalty(D, tau, WIDTHS, pairs))

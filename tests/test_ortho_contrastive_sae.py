@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from sae_lens import SAE, LanguageModelSAERunnerConfig, LoggingConfig
+from sae_lens import SAE, LanguageModelSAERunnerConfig
 from sae_lens.registry import get_sae_class, get_sae_training_class
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.saes.standard_sae import StandardTrainingSAE, StandardTrainingSAEConfig
@@ -15,6 +15,8 @@ from sae_lens.training.optim import CoefficientScheduler
 from torch.testing import assert_close
 
 import orthosae_plugin
+from helpers import random_batch, runner_cfg
+from helpers import step_input as make_step_input
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.cli import parse_train_args
 from orthosae_plugin.contrastive import self_contrastive_loss
@@ -27,13 +29,7 @@ def build_cfg(**kwargs) -> OrthoContrastiveTrainingSAEConfig:
 
 
 def step_input(x, l1=0.5, ortho=0.0, contrastive=0.0, logging=False) -> TrainStepInput:
-    return TrainStepInput(
-        sae_in=x,
-        coefficients={"l1": l1, "ortho": ortho, "contrastive": contrastive},
-        dead_neuron_mask=None,
-        n_training_steps=0,  # the SAE keeps its own schedule clock, `n_steps_trained`
-        is_logging_step=logging,
-    )
+    return make_step_input(x, {"l1": l1, "ortho": ortho, "contrastive": contrastive}, logging=logging)
 
 
 def at_step(sae, step):
@@ -42,7 +38,7 @@ def at_step(sae, step):
 
 
 def batch(B=32, d=64, seed=0):
-    return torch.randn(B, d, generator=torch.Generator().manual_seed(seed)) + 1.0
+    return random_batch(B, d, seed)
 
 
 def grads(sae):
@@ -258,15 +254,6 @@ def test_training_checkpoint_keeps_the_projection_and_opens_for_inference(tmp_pa
 def test_bad_config_values_are_refused_with_field_value_and_rule(kwargs, message):
     with pytest.raises(ValueError, match=message):
         build_cfg(**kwargs)
-
-
-def runner_cfg(sae_cfg, **kwargs):
-    defaults = dict(
-        model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="in-memory",
-        training_tokens=4096 * 2000, train_batch_size_tokens=4096, context_size=32,
-        logger=LoggingConfig(log_to_wandb=False), verbose=False, checkpoint_path=None,
-    )
-    return LanguageModelSAERunnerConfig(sae=sae_cfg, **{**defaults, **kwargs})
 
 
 def test_the_runner_config_fills_the_anneal_horizon_with_the_real_step_count():

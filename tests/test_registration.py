@@ -12,6 +12,7 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 from sae_lens.saes.sae import TrainStepInput
 from sae_lens.training.sae_trainer import SAETrainer
 
+import helpers
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 
 
@@ -20,12 +21,7 @@ def build_cfg(**kwargs) -> OrthoContrastiveTrainingSAEConfig:
 
 
 def runner_cfg(sae_cfg, **kwargs):
-    defaults = dict(
-        model_name="tiny", hook_name="blocks.0.hook_resid_post", dataset_path="in-memory",
-        training_tokens=64 * 1000, train_batch_size_tokens=64, context_size=32,
-        logger=LoggingConfig(log_to_wandb=False), verbose=False, checkpoint_path=None,
-    )
-    return LanguageModelSAERunnerConfig(sae=sae_cfg, **{**defaults, **kwargs})
+    return helpers.runner_cfg(sae_cfg, **{"training_tokens": 64 * 1000, "train_batch_size_tokens": 64, **kwargs})
 
 
 def start_training(sae_cfg, steps: int, batch: int = 64) -> OrthoContrastiveTrainingSAE:

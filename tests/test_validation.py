@@ -16,7 +16,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.cli import parse_train_args
-from test_ortho_contrastive_sae import runner_cfg  # the runner config those tests build
+from helpers import runner_cfg
 
 nan, inf = math.nan, math.inf
 
