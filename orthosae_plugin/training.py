@@ -228,7 +228,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         _check_coefficients(self, step_input)
         step = self.current_step()
         state_before = {name: getattr(self, name).clone() for name in self._state_updated_by_base_step}
-        self.ortho_term.take_drift()
+        self.ortho_term.take_drift()  # only this step's movement bound is checked below
         output = super().training_forward_pass(step_input)
         # One device sync per step: a NaN/inf must stop training before the optimizer
         # writes it into the weights (and before anything can be saved from them); the
