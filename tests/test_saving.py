@@ -10,7 +10,7 @@ import torch
 from sae_lens import SAE
 from safetensors.torch import load_file
 
-import orthosae_plugin.ortho_contrastive as ortho_contrastive
+import orthosae_plugin.training as training
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin import saving
 
@@ -63,15 +63,15 @@ def test_a_failed_save_leaves_the_previous_one_intact_and_no_temporaries(previou
         raise OSError("disk full (simulated)")
 
     if fail_at == "weights":
-        monkeypatch.setattr(ortho_contrastive, "save_file", boom)
+        monkeypatch.setattr(training, "save_file", boom)
     else:
-        real_save_file = ortho_contrastive.save_file
+        real_save_file = training.save_file
 
         def weights_then_boom(tensors, filename, *args, **kwargs):
             real_save_file(tensors, filename, *args, **kwargs)  # the weights are written whole...
             raise OSError("killed before cfg.json (simulated)")  # ...then the save dies
 
-        monkeypatch.setattr(ortho_contrastive, "save_file", weights_then_boom)
+        monkeypatch.setattr(training, "save_file", weights_then_boom)
     with pytest.raises(OSError, match="simulated"):
         trained_sae(1, steps=222).save_inference_model(previous_save)
     assert snapshot(previous_save) == before
