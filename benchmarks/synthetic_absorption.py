@@ -190,7 +190,7 @@ def tuning_arms() -> list[Arm]:
 
 
 def cost_arms() -> list[Arm]:
-    """Issue 12: the default arm as committed (exact ortho term every step) against the
+    """The cost grid: the default arm as committed (exact ortho term every step) against the
     cheaper designs: 'close_pairs' (the same loss, provably) and the term computed every
     r steps, which changes the optimisation: 'lazy r' (weight r on those steps, nothing
     in between) and 'reuse r' (the gradient of those steps applied on every step);
