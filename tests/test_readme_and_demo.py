@@ -173,3 +173,12 @@ def test_demo_refuses_a_budget_below_the_warm_up(tmp_path, smollm2_activations):
     )
     assert result.returncode != 0
     assert "= 40 training steps, fewer than contrastive_warm_up_steps=1000" in result.stderr
+
+
+def test_docs_config_documents_every_field_of_the_config():
+    import dataclasses
+
+    documented = set(re.findall(r"^\| `(\w+)`", (ROOT / "docs" / "config.md").read_text(), re.M))
+    documented |= {f"ortho_threshold_{end}" for end in ("start", "end")}  # one row for the pair
+    fields = {f.name for f in dataclasses.fields(OrthoContrastiveTrainingSAEConfig)}
+    assert sorted(fields - documented) == []
