@@ -69,6 +69,7 @@ from benchmarks.sweep import (
     Arm,
     matched_l0_summary,
     matryoshka_widths,
+    ortsae_arm,
     per_setting_summary,
     plot,
     quiet_saelens_progress,
@@ -94,6 +95,11 @@ L1_OC = (1.5, 3.0, 5.0)
 (the earlier 600k-token runs: l1 2 -> L0 57, l1 5 -> L0 18), so its grid sits lower to bracket the same L0."""
 K_GRID = (20.0, 32.0, 48.0)
 """k of the TopK-family arms (L0 = k in training; BatchTopK saves a JumpReLU whose L0 is close)."""
+ORTSAE_COEFFICIENT = 1000.0
+"""Weight of the OrtSAE arm's penalty. Untuned: the ground-truth benchmark's 10, times
+the ratio of the squared activation norms (here d_in = 576 after SAELens's
+``expected_average_only_in``, there ~4.5), since the reconstruction loss is a sum over
+d_in; tuning it is part of the real-model study."""
 
 
 ARMS: list[Arm] = [
@@ -109,6 +115,7 @@ ARMS: list[Arm] = [
     Arm("oc batchtopk: both", OC, "k", K_GRID, {"sparsity_base": "batchtopk"}),
     Arm("oc matryoshka: ortho only", OC, "k", K_GRID, {"sparsity_base": "matryoshka_batchtopk", "contrastive_coefficient": 0.0}),
     Arm("oc matryoshka: both", OC, "k", K_GRID, {"sparsity_base": "matryoshka_batchtopk"}),
+    ortsae_arm("ortsae batchtopk", K_GRID, ORTSAE_COEFFICIENT),
 ]
 """The comparison; one line per arm."""
 

@@ -1,6 +1,6 @@
 """What the sweep benchmarks share (``benchmarks.synthetic_absorption``,
 ``benchmarks.real_model``): an arm (one architecture swept over one sparsity field), the
-matched-L0 interpolation and summaries, the sweep plots, and SAELens's progress bars
+published OrtSAE arm, the matched-L0 interpolation and summaries, the sweep plots, and SAELens's progress bars
 turned off while a grid draws its own.
 
 Arms are compared at matched L0: for each seed, every metric is linearly interpolated
@@ -54,6 +54,22 @@ class Arm:
 def matryoshka_widths(d_sae: int) -> list[int]:
     """Nested prefixes d_sae/8, d_sae/4, d_sae/2, d_sae."""
     return [d_sae // 8, d_sae // 4, d_sae // 2, d_sae]
+
+
+ORTSAE_CHUNK_SIZE = 1024
+"""Latents per chunk of the OrtSAE arms: one chunk (the whole dictionary) up to 1,024
+latents, then ceil(d_sae / 1024) chunks, so that its cost stays linear in d_sae."""
+
+
+def ortsae_arm(name: str, k_values: tuple[float, ...], coefficient: float) -> Arm:
+    """OrtSAE (arXiv 2509.22033) as its paper trains it: SAELens's BatchTopK with the
+    penalty on each latent's largest squared cosine inside random chunks
+    (``ortho_mode='ortsae'``) at weight ``coefficient``, computed every step; no
+    contrastive term."""
+    return Arm(name, "ortho_contrastive", "k", k_values, {
+        "sparsity_base": "batchtopk", "ortho_mode": "ortsae", "ortho_coefficient": coefficient,
+        "ortho_chunk_size": ORTSAE_CHUNK_SIZE, "ortho_lazy_every": 1, "contrastive_coefficient": 0.0,
+    })
 
 
 # --- matched-L0 summary --------------------------------------------------------------

@@ -175,7 +175,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     Set by the plugin; a saved config carries it so that a JSON round trip keeps the
     distinction."""
 
-    ortho_mode: Literal["exact", "chunked", "close_pairs"] = "close_pairs"
+    ortho_mode: Literal["exact", "chunked", "close_pairs", "ortsae"] = "close_pairs"
     """'close_pairs' (default): the exact loss at a cost proportional to the number of
     close pairs. A blockwise scan lists the pairs whose |cos| exceeds the threshold minus
     ortho_margin and keeps the unit decoder rows of that moment; each step computes only
@@ -189,7 +189,15 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     triangle, O(ortho_block_size * d_sae + d_sae * d_in) memory (about half a step's cost
     at d_sae = 4096, batch 2048).
     'chunked': OrtSAE-style, only pairs inside random chunks of ortho_chunk_size
-    latents, a new permutation every step (cost linear in d_sae)."""
+    latents, a new permutation every step (cost linear in d_sae).
+    'ortsae': the OrtSAE penalty itself (arXiv 2509.22033), not this package's
+    thresholded one: latents cut into random chunks of ortho_chunk_size (a new
+    permutation every step), each latent's largest squared cosine with the other latents
+    of its chunk, averaged over the latents (docs/method.md). It uses no threshold, so
+    ortho_threshold_start / ortho_threshold_end must keep their defaults (and
+    ortho_anneal_steps does nothing); on the Matryoshka base it needs matryoshka_ortho_pairs='all';
+    it computes in the rows' precision (ortho_matmul_dtype='float32'). The paper's base is
+    sparsity_base='batchtopk', with contrastive_coefficient=0."""
 
     ortho_block_size: int = 1024
     """Rows of the cosine matrix computed at a time (memory knob; does not change the loss)."""
@@ -204,7 +212,9 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     listed pairs themselves are always computed in float32."""
 
     ortho_chunk_size: int = 4096
-    """Latents per chunk in 'chunked' mode (>= 2); changes which pairs are penalised."""
+    """Latents per chunk in 'chunked' and 'ortsae' mode (>= 2); changes which pairs are
+    penalised. d_sae / ortho_chunk_size is the number of chunks (a chunk of at least
+    d_sae latents: the whole dictionary)."""
 
     ortho_margin: float = 0.05
     """'close_pairs': how far below the threshold a pair's |cos| may lie and still be
@@ -336,11 +346,25 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
                 f"it applies to ortho_mode='close_pairs' only (ortho_mode={self.ortho_mode!r}: use 1; "
                 "'chunked' mode sets its chunks with ortho_chunk_size)",
             )
+        if self.ortho_mode == "ortsae":
+            self._check_ortsae_fields()
         check_integer(self, "ortho_lazy_every", 1, ">= 1 (the ortho term computed on every r-th step)")
         check_choice(self, "ortho_lazy_mode", CHOICES["ortho_lazy_mode"], "modes")
         if self.ortho_coefficient > 0 and self.d_sae < 2:
             raise invalid("d_sae", self.d_sae,
                           "the decoder-orthogonality penalty (ortho_coefficient > 0) needs >= 2 latents to have a pair")
+
+    def _check_ortsae_fields(self) -> None:
+        """'ortsae' mode has no threshold and computes in the rows' precision."""
+        for name in ("ortho_threshold_start", "ortho_threshold_end", "ortho_matmul_dtype"):
+            value, default = getattr(self, name), DEFAULTS[name]
+            if value != default:
+                raise invalid(
+                    name, value,
+                    f"ortho_mode='ortsae' does not read it (the OrtSAE penalty has no threshold and "
+                    f"computes in the rows' precision); leave it at its default {default!r}, or "
+                    "use another ortho_mode",
+                )
 
     def _check_contrastive_fields(self) -> None:
         check_real(self, "contrastive_coefficient", ">= 0 (a loss coefficient)", 0.0)
@@ -406,10 +430,10 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
                           f"the widths must be strictly increasing and at most d_sae={self.d_sae}")
         pairs = self.matryoshka_ortho_pairs
         check_choice(self, "matryoshka_ortho_pairs", CHOICES["matryoshka_ortho_pairs"], "values")
-        if pairs != "all" and self.ortho_mode == "chunked":
+        if pairs != "all" and self.ortho_mode in ("chunked", "ortsae"):
             raise invalid(
                 "matryoshka_ortho_pairs", pairs,
-                "ortho_mode='chunked' penalises random chunks of the whole dictionary; use "
+                f"ortho_mode={self.ortho_mode!r} penalises random chunks of the whole dictionary; use "
                 "'exact' or 'close_pairs', or matryoshka_ortho_pairs='all'",
             )
         if pairs != "all" and self.ortho_overfull_chunks > 1:

@@ -3,7 +3,7 @@
 :class:`OrthogonalityTerm` takes the unit decoder rows ``(d_sae, d_in)`` and the training
 step and gives the term's loss, as the config asks: the threshold annealed over the
 steps (``ortho_threshold_*``, ``ortho_anneal_steps``), the mode (``ortho_mode``: the
-exact blockwise kernel, random chunks, or the close-pair list), the lazy schedule
+exact blockwise kernel, random chunks, the close-pair list, or OrtSAE's penalty), the lazy schedule
 (``ortho_lazy_every``, ``ortho_lazy_mode``) and, on the Matryoshka base, the pairs in
 scope (:class:`MatryoshkaPairScope`, a filter of the pairs). It holds the state those
 need between steps:
@@ -39,6 +39,7 @@ from orthosae_plugin.orthogonality import (
     ortho_threshold,
     pair_row_pointers,
 )
+from orthosae_plugin.ortsae import ortsae_penalty
 
 # Added to the movement bound of the 'close_pairs' check: the scan's and the step's
 # cosines come from different kernels, which round differently (~1e-6 in fp32).
@@ -272,8 +273,11 @@ class OrthogonalityTerm(nn.Module):
 
     def penalty(self, D_nd: torch.Tensor, tau: float, step: int) -> torch.Tensor:
         """The term at threshold ``tau`` on the unit rows ``D_nd``, in ``ortho_mode``, over
-        the pairs in scope (``step``: the list's clock and the chunks' permutation)."""
+        the pairs in scope (``step``: the list's clock and the chunks' permutation).
+        'ortsae' mode ignores ``tau``: the OrtSAE penalty has no threshold."""
         cfg, scope = self.cfg, self.pair_scope
+        if cfg.ortho_mode == "ortsae":  # the config refuses a restricted scope
+            return ortsae_penalty(D_nd, cfg.ortho_chunk_size, self.chunk_generator(step))
         if cfg.ortho_mode == "close_pairs":
             pairs_P2 = self.close_pair_list.at(step, D_nd.detach(), self.threshold_at(step))
             if pairs_P2 is not None:
@@ -299,9 +303,13 @@ class OrthogonalityTerm(nn.Module):
         permutation of ``step``."""
         return self._chunked(D_nd, tau, step, -(-D_nd.shape[0] // self.cfg.ortho_overfull_chunks))
 
+    def chunk_generator(self, step: int) -> torch.Generator:
+        """The generator of the chunks' permutation at ``step``: it depends only on
+        (``projection_seed``, ``step``), so a resumed run draws the same ones."""
+        return torch.Generator(device="cpu").manual_seed(self.cfg.projection_seed * 1_000_003 + step)
+
     def _chunked(self, D_nd: torch.Tensor, tau: float, step: int, chunk_size: int) -> torch.Tensor:
-        # A permutation that depends only on (seed, step), so a resumed run draws the same ones.
-        generator = torch.Generator(device="cpu").manual_seed(self.cfg.projection_seed * 1_000_003 + step)
+        generator = self.chunk_generator(step)
         return ortho_penalty_chunked(D_nd, tau, chunk_size, generator, self.cfg.ortho_block_size, self.matmul_dtype)
 
     def take_drift(self) -> torch.Tensor | None:

@@ -18,6 +18,10 @@ installed once: importing or reloading the package twice changes nothing.
 
 A resumed run meets the horizon once more: :func:`check_resumed_horizon` refuses a
 checkpoint whose derived horizon differs from the new run's.
+
+When ``SAETrainer`` starts, :func:`warn_if_threshold_unmeetable` also warns once (a
+``ThresholdBelowChanceWarning``) when the end threshold is one that the decoder's
+geometry will not let it meet.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from __future__ import annotations
 import functools
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +46,55 @@ from orthosae_plugin.validation import invalid, is_integer
 MAX_THRESHOLD_START_WEIGHT = 0.05
 
 _HOOK_MARK = "_orthosae_budget_hook"
+
+# Multiple of the chance level of |cos| (1 / sqrt(d_in)) below which an end threshold is
+# warned about: 2.4 keeps the seed's 0.05 at d_in = 2304 (Gemma-2-2B, 2.4 / 48 = 0.05).
+CHANCE_MULTIPLE = 2.4
+
+
+class ThresholdBelowChanceWarning(UserWarning):
+    """``ortho_threshold_end`` is one that the decoder's geometry will not let it meet."""
+
+
+def threshold_warning(cfg: OrthoContrastiveTrainingSAEConfig) -> str | None:
+    """Why ``cfg.ortho_threshold_end`` cannot be met, or None when it can (or when the
+    thresholded term is off: ``ortho_coefficient = 0`` or ``ortho_mode='ortsae'``).
+
+    Two unit vectors in random directions of ``d_in`` dimensions have ``|cos|`` of about
+    ``1 / sqrt(d_in)`` (the chance level), and no ``d_sae > d_in`` unit rows can all keep
+    ``|cos|`` below the Welch bound ``sqrt((d_sae - d_in) / (d_in (d_sae - 1)))``. An end
+    threshold under ``CHANCE_MULTIPLE`` x chance, or under the Welch bound, leaves many
+    pairs above it in any dictionary: the term then fights the geometry of the space
+    rather than separating near-duplicate latents.
+    """
+    if cfg.ortho_coefficient == 0 or cfg.ortho_mode == "ortsae":
+        return None
+    d_in, d_sae, tau = cfg.d_in, cfg.d_sae, cfg.ortho_threshold_end
+    chance = 1 / math.sqrt(d_in)
+    welch = math.sqrt((d_sae - d_in) / (d_in * (d_sae - 1))) if d_sae > d_in else 0.0
+    floor = CHANCE_MULTIPLE * chance
+    if tau >= floor * (1 - 1e-9) and tau >= welch:
+        return None
+    why = (
+        f"below the Welch bound {welch:.4f} for d_sae={d_sae}, d_in={d_in}, so no decoder can meet it"
+        if tau < welch
+        else f"{tau / chance:.2f}x the chance level of |cos| for d_in={d_in} (1/sqrt({d_in}) = "
+        f"{chance:.4f}; Welch bound {welch:.4f}), so random directions already reach it"
+    )
+    return (
+        f"ortho_contrastive: ortho_threshold_end={tau:g} is {why}: the orthogonality penalty "
+        f"would push on most decoder pairs instead of near-duplicate latents. Consider "
+        f"ortho_threshold_end={CHANCE_MULTIPLE:g}/sqrt(d_in) = {max(floor, welch):.4f} "
+        f"(the seed's 0.05 at d_in=2304), and ortho_threshold_start >= it."
+    )
+
+
+def warn_if_threshold_unmeetable(cfg: OrthoContrastiveTrainingSAEConfig) -> None:
+    """Warn (once per call: SAELens's ``SAETrainer`` calls it once per run) when
+    :func:`threshold_warning` finds a reason."""
+    message = threshold_warning(cfg)
+    if message is not None:
+        warnings.warn(message, ThresholdBelowChanceWarning, stacklevel=3)
 
 
 def check_training_run(
@@ -177,9 +231,7 @@ def _bind(
     sae_cfg: Any, run_cfg: Any, batch_field: str, budget_field: str, prefix: str, check_only: bool = False
 ) -> None:
     """Check the run's batch and budget, then hand the step count to ``sae_cfg``."""
-    # By architecture name rather than class: a reloaded module's class is a new object.
-    architecture = getattr(sae_cfg, "architecture", None)
-    if not callable(architecture) or architecture() != ARCHITECTURE:
+    if not _is_ortho_contrastive(sae_cfg):
         return
     batch_size, budget = getattr(run_cfg, batch_field), getattr(run_cfg, budget_field)
     try:
@@ -192,6 +244,12 @@ def _bind(
         if not prefix:
             raise
         raise ValueError(f"{prefix}{error}") from None
+
+
+def _is_ortho_contrastive(sae_cfg: Any) -> bool:
+    # By architecture name rather than class: a reloaded module's class is a new object.
+    architecture = getattr(sae_cfg, "architecture", None)
+    return callable(architecture) and architecture() == ARCHITECTURE
 
 
 def _install_config_hook(config_cls: type, bindings: Callable[[Any], list[_Binding]]) -> None:
@@ -222,6 +280,8 @@ def _install_trainer_hook() -> None:
     @functools.wraps(original)
     def __init__(self: Any, cfg: Any, sae: Any, *args: Any, **kwargs: Any) -> None:
         _bind(sae.cfg, cfg, "train_batch_size_samples", "total_training_samples", "")
+        if _is_ortho_contrastive(sae.cfg):
+            warn_if_threshold_unmeetable(sae.cfg)
         original(self, cfg, sae, *args, **kwargs)
 
     setattr(__init__, _HOOK_MARK, True)
