@@ -3,10 +3,10 @@
 :class:`OrthogonalityTerm` takes the unit decoder rows ``(d_sae, d_in)`` and the training
 step and gives the term's loss, as the config asks: the threshold annealed over the
 steps (``ortho_threshold_*``, ``ortho_anneal_steps``), the mode (``ortho_mode``: the
-exact blockwise kernel, random chunks, the close-pair list, or OrtSAE's penalty), the lazy schedule
-(``ortho_lazy_every``, ``ortho_lazy_mode``) and, on the Matryoshka base, the pairs in
-scope (:class:`MatryoshkaPairScope`, a filter of the pairs). It holds the state those
-need between steps:
+exact blockwise kernel, random chunks, the close-pair list, or OrtSAE's penalty), the
+lazy schedule (``ortho_lazy_every``, ``ortho_lazy_mode``) and, on the Matryoshka base,
+the pairs in scope (:class:`MatryoshkaPairScope`, a filter of the pairs). It holds the
+state those need between steps:
 
 - :class:`ClosePairList`, the close-pair list's whole life: the scan, the movement
   ("drift") check that proves that no pair left out of the list can contribute, the plan
