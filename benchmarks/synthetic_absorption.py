@@ -124,7 +124,7 @@ K_SWEEP = (4.0, 5.0, 6.0)
 """k values of the TopK-family arms."""
 OC = "ortho_contrastive"
 MAT = "matryoshka_batchtopk"
-ORTSAE_COEFFICIENTS = (10.0,)
+ORTSAE_COEFFICIENTS = (3.0, 10.0)
 """Weights of the OrtSAE arms (``ortho_coefficient`` with ``ortho_mode='ortsae'``)."""
 
 
@@ -160,7 +160,7 @@ def default_arms() -> list[Arm]:
         Arm("oc matryoshka base: ortho only, across groups", OC, "k", K_SWEEP,
             {"sparsity_base": MAT, "contrastive_coefficient": 0.0,
              "matryoshka_ortho_pairs": "across_groups"}),
-        # The published peer (its penalty is a mean over the latents of a
+        # The published peer at two weights (its penalty is a mean over the latents of a
         # squared cosine, so its scale differs from the thresholded term's).
         *(ortsae_arm(f"ortsae (batchtopk), ortho {c:g}", K_SWEEP, c) for c in ORTSAE_COEFFICIENTS),
     ]
