@@ -46,3 +46,7 @@ def train_main(argv: Sequence[str] | None = None) -> None:
         print(f"orthosae-train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
     LanguageModelSAETrainingRunner(cfg=cfg).run()
+
+
+if __name__ == "__main__":  # `python -m orthosae_plugin.cli ...` is `orthosae-train ...`
+    train_main()

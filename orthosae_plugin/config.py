@@ -28,7 +28,17 @@ from sae_lens.saes.standard_sae import StandardSAEConfig, StandardTrainingSAECon
 from sae_lens.saes.topk_sae import TopKSAEConfig
 from typing_extensions import override
 
-from orthosae_plugin.validation import check_bool, check_choice, check_integer, check_real, invalid, is_real, type_note
+from orthosae_plugin.checkpoints import FREE_SETTINGS, SHAPE_SETTINGS
+from orthosae_plugin.validation import (
+    check_bool,
+    check_choice,
+    check_integer,
+    check_real,
+    closest_name,
+    invalid,
+    is_real,
+    type_note,
+)
 
 ARCHITECTURE = "ortho_contrastive"
 
@@ -278,6 +288,13 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     projection_seed: int = 0
     """Seed of the projection matrix and of the chunk permutations."""
 
+    resume_allow_changes: list[str] = field(default_factory=list)
+    """Settings that a resume (``resume_from_checkpoint``) may change from the
+    checkpoint's although they change the loss or its schedule, e.g.
+    ``["ortho_coefficient"]``. Empty (default): a resume with any such change is refused,
+    naming each old -> new value. Settings that change the SAE's shapes (``d_in``,
+    ``d_sae``, ``projection_dim``, ``sparsity_base``) cannot be listed."""
+
     @override
     @classmethod
     def architecture(cls) -> str:
@@ -289,6 +306,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
         self._check_contrastive_fields()
         self._check_base_fields()
         self._check_matryoshka_fields()
+        self._check_resume_opt_in()
         if self.sparsity_base == "topk":
             self.k = int(self.k)  # torch.topk and the saved `topk` config need an int
         super().__post_init__()
@@ -442,6 +460,25 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
                 f"ortho_overfull_chunks={self.ortho_overfull_chunks} estimates the term on random "
                 "chunks of the whole dictionary; use ortho_overfull_chunks=1, or matryoshka_ortho_pairs='all'",
             )
+
+    def _check_resume_opt_in(self) -> None:
+        names = self.resume_allow_changes
+        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+            raise invalid("resume_allow_changes", names, f"it must be a list of setting names{type_note(names)}")
+        valid = [f.name for f in fields(self) if f.name not in FREE_SETTINGS]
+        for name in names:
+            if name in SHAPE_SETTINGS:
+                raise invalid(
+                    "resume_allow_changes", names,
+                    f"{name!r} changes the SAE's parameter shapes, so a checkpoint trained with "
+                    "another value cannot be resumed at all",
+                )
+            if name not in valid:
+                raise invalid(
+                    "resume_allow_changes", names,
+                    f"{name!r} is not a setting that a resume compares{closest_name(name, valid)}",
+                )
+        self.resume_allow_changes = list(names)
 
     def _check_read_by_base(self, name: str, bases: tuple[str, ...]) -> None:
         """A field that only ``bases`` read keeps its default under any other base."""

@@ -14,6 +14,9 @@ form. The method is described in docs/method.md. The code, by concept:
   ``orthogonality.py``; the contrastive kernel is ``contrastive.py``;
 - ``training.py``: the training SAE and its class per base;
 - ``inference.py``: training checkpoints opened for inference;
+- ``checkpoints.py``: checkpoints written whole, and what a resume refuses (with
+  ``saving.py``, the folder writer); ``early_checks.py``: sizes and the hook's width,
+  checked before a run spends time;
 - ``registration.py``: the registration with SAELens (done on ``import orthosae_plugin``).
 """
 

@@ -199,6 +199,9 @@ class OrthogonalityTerm(nn.Module):
     reused_grad_change: torch.Tensor | None
     """'reuse': relative change of the kept gradient between its last two computations
     (on the device; read at logging steps only)."""
+    last_penalty: torch.Tensor | None
+    """'weighted': the term at the last step that computed it (detached), the value logged
+    on the steps between; None after construction or a state-dict load of the SAE."""
 
     def __init__(self, cfg: Any, pair_scope: MatryoshkaPairScope | None = None):
         super().__init__()
@@ -206,6 +209,7 @@ class OrthogonalityTerm(nn.Module):
         self.pair_scope = pair_scope
         self.close_pair_list = ClosePairList(cfg)
         self.reused_grad_change = None
+        self.last_penalty = None
         self._drift: torch.Tensor | None = None
         self.forget()
 
@@ -238,14 +242,28 @@ class OrthogonalityTerm(nn.Module):
         return self.cfg.ortho_lazy_mode == "reuse" or step % self.cfg.ortho_lazy_every == 0
 
     def forward(self, D_nd: torch.Tensor, step: int, coefficient: float) -> torch.Tensor:
-        """``coefficient`` x the term at ``step`` under the lazy schedule: 'weighted', the
-        term with weight ``ortho_lazy_every`` on the steps that compute it (0 in
-        between); 'reuse', see :meth:`reused`."""
+        """``coefficient`` x the term at ``step`` under the lazy schedule. 'weighted': on
+        the steps that compute it, one step's term whose gradient counts
+        ``ortho_lazy_every`` times; in between, the last computed value without a gradient
+        (:meth:`value_between`), so that the logged loss reads like a per-step value.
+        'reuse': see :meth:`reused`."""
         if self.cfg.ortho_lazy_mode == "reuse":
             return coefficient * self.reused(D_nd, step)
         if not self.computes_at(step):
-            return D_nd.new_zeros(())
-        return (coefficient * self.cfg.ortho_lazy_every) * self.penalty(D_nd, self.threshold_at(step), step)
+            return coefficient * self.value_between(D_nd, step)
+        penalty = self.penalty(D_nd, self.threshold_at(step), step)
+        self.last_penalty = penalty.detach()
+        r = self.cfg.ortho_lazy_every
+        return coefficient * (penalty + (r - 1) * (penalty - penalty.detach()))  # value x 1, gradient x r
+
+    def value_between(self, D_nd: torch.Tensor, step: int) -> torch.Tensor:
+        """'weighted', between two computing steps: the term's last computed value
+        (computed now, without a gradient, after construction or a load)."""
+        if self.last_penalty is None:
+            with torch.no_grad():
+                self.last_penalty = self.penalty(D_nd.detach(), self.threshold_at(step), step)
+            self._drift = None  # no step was computed on the list
+        return self.last_penalty
 
     def reused(self, D_nd: torch.Tensor, step: int) -> torch.Tensor:
         """'reuse' mode: on a step that computes the term (``step % r == 0``, or the first

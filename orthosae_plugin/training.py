@@ -20,6 +20,7 @@ inference model is the base's plain SAELens inference form (docs/method.md).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -33,8 +34,10 @@ from sae_lens.saes.standard_sae import StandardTrainingSAE
 from sae_lens.saes.topk_sae import TopKTrainingSAE
 from typing_extensions import override
 
+from orthosae_plugin.checkpoints import check_resumed_settings
 from orthosae_plugin.config import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.contrastive import make_projection, self_contrastive_loss
+from orthosae_plugin.early_checks import check_parameters_fit
 from orthosae_plugin.inference import TRAINING_ONLY_BUFFERS, class_for_base
 from orthosae_plugin.ortho_term import MatryoshkaPairScope, OrthogonalityTerm
 from orthosae_plugin.orthogonality import decoder_pair_stats
@@ -84,6 +87,7 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         return super().__new__(class_for_base(cls, OrthoContrastiveTrainingSAE, _TRAINING_CLASS_PER_BASE, args, kwargs))
 
     def __init__(self, cfg: OrthoContrastiveTrainingSAEConfig, use_error_term: bool = False):
+        check_parameters_fit(cfg)  # before anything is allocated
         super().__init__(cfg, use_error_term)  # type: ignore[arg-type]
 
     @override
@@ -206,8 +210,11 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         ortho_loss = zero
         if ortho_weight > 0:
             step = self.current_step()
-            if self.ortho_term.computes_at(step):
-                ortho_loss = self.ortho_term(self.unit_decoder(), step, ortho_weight)
+            term = self.ortho_term
+            if term.computes_at(step) or term.last_penalty is None:
+                ortho_loss = term(self.unit_decoder(), step, ortho_weight)
+            else:  # between two lazy steps: the last computed value, logged without a gradient
+                ortho_loss = ortho_weight * term.last_penalty
 
         contrastive_weight = step_input.coefficients["contrastive"]
         contrastive_loss = zero
@@ -240,6 +247,10 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         values = torch.stack(checks).tolist()
         if not values[0]:
             self._refuse_non_finite(output, step, state_before)
+        # A NaN coefficient leaves the loss finite (`nan > 0` is false: its term is off).
+        bad = [f"{name}={value}" for name, value in step_input.coefficients.items() if not math.isfinite(float(value))]
+        if bad:
+            self._refuse_non_finite(output, step, state_before, f"coefficient {', '.join(bad)}")
         if len(values) > 1 and self.ortho_term.missed_a_pair(step, values[1]):
             # A pair left out of the list may have crossed the threshold: recompute the
             # step on a fresh scan (rare; benchmarks/results/speed counts them), so that
@@ -261,10 +272,12 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
                 output.metrics["ortho_reused_grad_rel_change"] = self.ortho_term.reused_grad_change.item()
         return output
 
-    def _refuse_non_finite(self, output: TrainStepOutput, step: int, state_before: dict[str, torch.Tensor]) -> None:
+    def _refuse_non_finite(
+        self, output: TrainStepOutput, step: int, state_before: dict[str, torch.Tensor], cause: str = ""
+    ) -> None:
         for name, value in state_before.items():
             setattr(self, name, value)
-        bad = [
+        bad = [cause] if cause else [
             f"{name}={value.item()}"
             for name, value in output.losses.items()
             if not torch.isfinite(value.detach()).all()
@@ -296,8 +309,11 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
         """
         state_dict = self.state_dict()
         self.process_state_dict_for_saving_inference(state_dict)
+        # On the SAE too, so that the SAE in memory (a runner's return value) and its
+        # saved copy carry the same metadata.
+        self.cfg.metadata.training_steps = int(self.n_steps_trained.item())
         config = self.cfg.get_inference_sae_cfg_dict()
-        config["metadata"]["training_steps"] = int(self.n_steps_trained.item())
+        config["metadata"]["training_steps"] = self.cfg.metadata.training_steps
 
         def write(folder: Path) -> None:
             save_file(state_dict, folder / SAE_WEIGHTS_FILENAME)
@@ -309,8 +325,10 @@ class OrthoContrastiveTrainingSAE(TrainingSAE[OrthoContrastiveTrainingSAEConfig]
     @override
     def load_weights_from_checkpoint(self, checkpoint_path: Path | str) -> None:
         """Resume: refuse a checkpoint whose derived anneal horizon differs from this
-        run's, which would bend the threshold schedule halfway through."""
+        run's, which would bend the threshold schedule halfway through, or whose settings
+        differ (``checkpoints.check_resumed_settings``)."""
         check_resumed_horizon(self.cfg, Path(checkpoint_path) / SAE_CFG_FILENAME)
+        check_resumed_settings(self.cfg, Path(checkpoint_path))
         super().load_weights_from_checkpoint(checkpoint_path)
 
 
@@ -362,8 +380,10 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _forget_close_pairs(sae: OrthoContrastiveTrainingSAE, incompatible_keys: Any) -> None:
-    """Load-state-dict hook: new weights make the close-pair list stale; scan at the next step."""
+    """Load-state-dict hook: new weights make the close-pair list (and the value logged
+    between lazy steps) stale; scan at the next step."""
     sae.forget_close_pairs()
+    sae.ortho_term.last_penalty = None
 
 
 def _check_coefficients(sae: OrthoContrastiveTrainingSAE, step_input: TrainStepInput) -> None:

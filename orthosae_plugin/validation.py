@@ -9,14 +9,22 @@ The rules of the ``ortho_contrastive`` config that use them sit beside its field
 
 from __future__ import annotations
 
+import difflib
 import math
 import numbers
+from dataclasses import fields
 from typing import Any
 
 
 def invalid(field: str, value: Any, rule: str) -> ValueError:
     """The one error format: field, value, rule."""
     return ValueError(f"{field}={value!r} is invalid: {rule}")
+
+
+def closest_name(name: str, valid: list[str] | tuple[str, ...]) -> str:
+    """`` (did you mean 'x'?)`` for the valid name closest to ``name``, or ``''``."""
+    match = difflib.get_close_matches(name, list(valid), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""
 
 
 def type_note(value: Any) -> str:
@@ -93,3 +101,40 @@ def check_choice(cfg: Any, field: str, choices: tuple[str, ...], what: str) -> N
     value = getattr(cfg, field)
     if not isinstance(value, str) or value not in choices:
         raise invalid(field, value, f"allowed {what} are {', '.join(choices)}")
+
+
+# Keys of a saved config that are not fields of it: SAELens's `to_dict` writes the first
+# two; its disk loader adds the others (`read_sae_components_from_disk` and
+# `handle_pre_6_0_config` in sae_lens/loading/pretrained_sae_loaders.py).
+SAVED_CONFIG_EXTRA_KEYS = (
+    "architecture", "metadata", "finetuning_scaling_factor", "prepend_bos",
+    "dataset_trust_remote_code", "sae_lens_training_version", "activation_fn", "neuronpedia_id",
+)
+
+
+def check_config_dict(config_dict: Any, cfg_class: type) -> dict[str, Any]:
+    """The dict (or JSON) form of an ``ortho_contrastive`` training config, checked
+    before SAELens builds the config from it (SAELens drops unknown keys silently).
+
+    Refuses a key that is not a field of ``cfg_class``, naming the closest valid one.
+    A dict written by an earlier version of the plugin (SAELens's ``to_dict`` form, with
+    ``metadata``, but without ``ortho_anneal_steps_derived``) held a horizon derived
+    from its run's budget: it is marked as derived, so the next run derives its own.
+    Returns the dict to build from (a copy where it changed).
+    """
+    if not isinstance(config_dict, dict):
+        raise ValueError(f"config_dict={config_dict!r} is invalid: it must be a dict, not a {type(config_dict).__name__}")
+    valid = [f.name for f in fields(cfg_class)]
+    for key in config_dict:
+        if key not in valid and key not in SAVED_CONFIG_EXTRA_KEYS:
+            raise invalid(
+                key if isinstance(key, str) else repr(key), config_dict[key],
+                f"it is not a setting of the ortho_contrastive config{closest_name(str(key), valid)}",
+            )
+    if (
+        "metadata" in config_dict
+        and "ortho_anneal_steps_derived" not in config_dict
+        and config_dict.get("ortho_anneal_steps") is not None
+    ):
+        return {**config_dict, "ortho_anneal_steps_derived": True}
+    return config_dict

@@ -102,7 +102,7 @@ def test_with_coefficients_on_the_loss_is_standard_plus_the_two_named_terms():
     tau = sae.ortho_threshold_at(300)
     D = sae.W_dec / sae.W_dec.norm(dim=1, keepdim=True)
     assert 300 % sae.cfg.ortho_lazy_every == 0  # a step that computes the (lazy) ortho term
-    want_ortho = 2.0 * sae.cfg.ortho_lazy_every * ortho_penalty_exact(D, tau)
+    want_ortho = 2.0 * ortho_penalty_exact(D, tau)  # logged: one step's term (its gradient: r steps')
     want_con = 0.2 * self_contrastive_loss(x, out.sae_out, 0.1, sae.projection)
     assert set(out.losses) == {"mse_loss", "l1_loss", "ortho_loss", "contrastive_loss"}
     assert_close(out.losses["ortho_loss"], want_ortho)
@@ -222,7 +222,9 @@ def test_inference_model_is_a_standard_sae_without_training_buffers(tmp_path):
 def test_training_checkpoint_keeps_the_projection_and_opens_for_inference(tmp_path):
     sae = OrthoContrastiveTrainingSAE(build_cfg(projection_seed=11))
     sae.save_model(tmp_path)
-    fresh = OrthoContrastiveTrainingSAE(build_cfg(projection_seed=99))
+    with pytest.raises(ValueError, match=r"projection_seed: 11 -> 99"):  # a resume that changes the seed
+        OrthoContrastiveTrainingSAE(build_cfg(projection_seed=99)).load_weights_from_checkpoint(tmp_path)
+    fresh = OrthoContrastiveTrainingSAE(build_cfg(projection_seed=99, resume_allow_changes=["projection_seed"]))
     fresh.load_weights_from_checkpoint(tmp_path)
     assert torch.equal(fresh.projection, sae.projection)
     as_inference = SAE.load_from_disk(tmp_path)

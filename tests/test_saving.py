@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -12,6 +13,7 @@ from safetensors.torch import load_file
 
 import orthosae_plugin.training as training
 from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig
+from benchmarks import kill_loop
 from orthosae_plugin import saving
 
 
@@ -147,12 +149,15 @@ def test_temporaries_of_a_killed_save_are_removed_by_the_next_save(previous_save
     abandoned = previous_save.parent / f".sae.saving-{dead.stdout.strip()}-deadbeef"
     abandoned.mkdir()
     (abandoned / "sae_weights.safetensors").write_bytes(b"\0" * 1024)
-    kept = previous_save.parent / f".sae.saving-{dead.stdout.strip()}-userfile"
-    kept.mkdir()
-    (kept / "notes.txt").write_text("never deleted: not a save file")
+    # A save never moves a user's file into a temporary, so every temporary of a dead
+    # process goes, whatever it holds (before: one holding any other file was kept forever).
+    other = previous_save.parent / f".sae.saving-{dead.stdout.strip()}-0123abcd"
+    other.mkdir()
+    (other / "weights.partial").write_bytes(b"\0" * 1024)
     trained_sae(1, steps=5).save_inference_model(previous_save)
     assert not abandoned.exists()
-    assert kept.exists()
+    assert not other.exists()
+    assert leftovers(previous_save.parent) == []
 
 
 def test_a_kill_during_a_save_never_leaves_a_mixed_folder(tmp_path):
@@ -177,3 +182,84 @@ for step in range(1, 10**6):
     process.kill()
     process.wait()
     assert_one_save(path)
+
+
+def test_a_save_dying_among_its_renames_never_moves_or_hides_a_users_file(previous_save, monkeypatch):
+    # Before: the folder swap put the user's notes.txt into the hidden folder of the
+    # previous save, and a kill before it was moved back left it there for good.
+    (previous_save / "notes.txt").write_text("the user's own file")
+    real_replace, calls = os.replace, []
+
+    def dies_at_the_second_rename(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the process dies here
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", dies_at_the_second_rename)
+    with pytest.raises(KeyboardInterrupt):
+        trained_sae(1, steps=222).save_inference_model(previous_save)
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert (previous_save / "notes.txt").read_text() == "the user's own file"
+    assert not (previous_save / "cfg.json").exists() or assert_one_save(previous_save) in (111, 222)
+    trained_sae(2, steps=333).save_inference_model(previous_save)
+    assert assert_one_save(previous_save) == 333
+    assert (previous_save / "notes.txt").read_text() == "the user's own file"
+    assert leftovers(previous_save.parent) == []
+
+
+def test_a_save_into_a_symlinked_folder_writes_through_the_link(tmp_path):
+    # Before: the link was replaced by a real folder, the user's file moved out of v1, and
+    # the save raised `OSError: Cannot call rmtree on a symbolic link`.
+    trained_sae(0, steps=111).save_inference_model(tmp_path / "v1")
+    (tmp_path / "v1" / "notes.txt").write_text("the user's own file")
+    (tmp_path / "latest").symlink_to("v1")
+    trained_sae(1, steps=222).save_inference_model(tmp_path / "latest")
+    assert (tmp_path / "latest").is_symlink() and os.readlink(tmp_path / "latest") == "v1"
+    assert assert_one_save(tmp_path / "v1") == 222
+    assert (tmp_path / "v1" / "notes.txt").read_text() == "the user's own file"
+    assert leftovers(tmp_path) == []
+    (tmp_path / "to_file").symlink_to("v1/notes.txt")
+    with pytest.raises(ValueError, match=r"path=.*to_file' is invalid: it is a link to the file"):
+        trained_sae(2, steps=3).save_inference_model(tmp_path / "to_file")
+
+
+def test_a_kill_between_the_fallbacks_two_renames_is_restored_by_the_next_save(previous_save):
+    """Without renameat2 the previous save is renamed aside, then the new one in; a kill
+    between them left no SAE at the path and a `.replaced-*` folder never restored."""
+    script = f"""
+import os, sys, torch
+sys.path.insert(0, {os.getcwd()!r})
+from orthosae_plugin import OrthoContrastiveTrainingSAE, OrthoContrastiveTrainingSAEConfig, saving
+saving._exchange = lambda a, b: False
+real_replace = os.replace
+def replace(src, dst):
+    real_replace(src, dst)
+    if ".replaced-" in str(dst):
+        os._exit(9)  # killed between the two renames
+os.replace = replace
+sae = OrthoContrastiveTrainingSAE(OrthoContrastiveTrainingSAEConfig(d_in=8, d_sae=16, ortho_anneal_steps=10))
+sae.save_inference_model({str(previous_save)!r})
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 9, result.stderr
+    assert not previous_save.exists()
+    assert [name for name in leftovers(previous_save.parent) if ".replaced-" in name]
+    saving.recover(previous_save)  # what the next save does first
+    assert assert_one_save(previous_save) == 111
+    trained_sae(1, steps=222).save_inference_model(previous_save)
+    assert assert_one_save(previous_save) == 222
+    assert leftovers(previous_save.parent) == []
+
+
+@pytest.mark.parametrize("layout", ["user_file"])  # the fallback: the test above; a plain folder: the loop test
+def test_kill_9_at_a_random_moment_of_a_save_then_one_more_save(tmp_path, layout):
+    """kill -9 a process that saves in a loop (benchmarks/kill_loop.py, one kill), then
+    save from a fresh process: no mixed save, the user's file untouched, no temporaries."""
+    row = kill_loop.inference_kill(tmp_path / layout, layout, random.Random(0), max_delay=0.5)
+    assert row["killed"]
+    assert row["after_kill"]["save"] in ("whole", "none")
+    assert row["after_next_save"]["save"] == "whole"
+    assert row["after_kill"].get("user_file_kept", True) and row["after_next_save"].get("user_file_kept", True)
+    assert row["temporaries_after_next_save"] == []
+    assert row["next_save_error"] is None
