@@ -45,6 +45,7 @@ from orthosae_plugin.evals.absorption import (
     probe_batch_size,
     result_path,
     run_absorption_eval,
+    run_absorption_eval_seeds,
 )
 from orthosae_plugin.evals.alarm import (
     AlarmThresholds,
@@ -52,6 +53,7 @@ from orthosae_plugin.evals.alarm import (
     assess_result,
     get_alarm,
     random_alignment_level,
+    single_direction_level,
 )
 from orthosae_plugin.evals.planted import (
     LETTERS,
@@ -291,6 +293,55 @@ def test_a_shared_forward_memo_runs_the_model_once_for_several_saes_and_changes_
         assert output.eval_result_details == reference_runs["outputs"][k].eval_result_details
 
 
+REPRODUCE = """
+import json, random, sys
+import torch
+from fixtures.planted import FAST_CONFIG
+from orthosae_plugin.evals.absorption import run_absorption_eval, get_alarm
+from orthosae_plugin.evals.planted import build_planted_model, build_reference_sae, load_planted_words
+
+torch.set_num_threads(int(sys.argv[2]))
+random.seed(int(sys.argv[2]))  # the caller's own random state must not matter
+# words in hash order: PYTHONHASHSEED reorders them from process to process
+planted = build_planted_model(words=list(set(load_planted_words())))
+output = run_absorption_eval(build_reference_sae(planted, 6), planted.model, sys.argv[1],
+                             FAST_CONFIG, show_progress=False, words_per_letter=30, seed=7)
+print(json.dumps({"mean": vars(output.eval_result_metrics.mean),
+                  "letters": [vars(d) for d in output.eval_result_details],
+                  "seed": output.eval_config.random_seed, "verdict": get_alarm(output).verdict,
+                  "vocabulary_seed": output.eval_result_unstructured["orthosae_vocabulary"]["seed"]}))
+"""
+
+
+def test_two_processes_with_different_hash_seeds_and_threads_give_identical_metrics(tmp_path):
+    # Python's hash randomization reorders sets and str-keyed dicts between processes;
+    # the eval (and the planted model built from a set of words) must not depend on it,
+    # nor on the number of torch threads or on what the caller drew from `random` before.
+    tests_dir = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [tests_dir, str(Path(tests_dir).parent), os.environ.get("PYTHONPATH", "")])}
+    runs = [
+        subprocess.Popen([sys.executable, "-c", REPRODUCE, str(tmp_path / f"run{hash_seed}"),
+                          str(threads)], env={**env, "PYTHONHASHSEED": str(hash_seed)},
+                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        for hash_seed, threads in ((1, 1), (2, 2))
+    ]
+    first, second = (json.loads(run.communicate(timeout=600)[0].splitlines()[-1])
+                     for run in runs)
+    assert first == second
+    assert first["seed"] == first["vocabulary_seed"] == 7  # recorded in the result
+    assert 0.4 < first["mean"]["mean_absorption_fraction_score"] < 0.8
+
+
+def test_the_eval_leaves_the_callers_random_state_alone(planted, tmp_path):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    run_absorption_eval(untrained_sae(planted), planted.model, tmp_path, FAST_CONFIG,
+                        show_progress=False, words_per_letter=30, seed=7)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_decoder_norms_are_folded_into_a_copy_and_do_not_change_the_result(
     reference_runs, planted
 ):
@@ -401,10 +452,11 @@ def test_letter_without_test_words_is_reported_not_crashed(tmp_path):
 
 
 def per_letter(gt=1.0, k1=1.0, cos=1.0, absorption=0.2, full=0.1, split=1,
-               carried=1.0) -> pd.DataFrame:
+               carried=1.0, best=None) -> pd.DataFrame:
     return pd.DataFrame({
         "letter": list(LETTERS), "gt_probe_f1": gt, "k1_probe_f1": k1,
-        "k1_decoder_probe_cos": cos, "mean_absorption_fraction": absorption,
+        "k1_decoder_probe_cos": cos, "best_decoder_probe_cos": cos if best is None else best,
+        "mean_absorption_fraction": absorption,
         "full_absorption_rate": full, "num_split_features": split,
         "aligned_projection_share": carried,
     })
@@ -458,6 +510,18 @@ def test_heavy_absorption_with_aligned_latents_is_not_an_alarm():
     assert any("heavy absorption alone" in note for note in alarm.notes)
 
 
+def test_an_absorbing_main_latent_is_not_an_alarm_when_a_ranked_latent_is_aligned():
+    # Heavy absorption with a weak letter direction: SAEBench's k=1 latent is an absorbing
+    # latent, mostly token direction (cosine 0.1 with the probe, below the random level
+    # 0.11 of 2304 x 16384); the letter latent ranks among the k-sparse probe's top
+    # latents, aligned (0.8). Only when no ranked latent is aligned does the rule fire.
+    table = per_letter(k1=0.1, cos=0.1, best=0.8, absorption=0.85, full=0.85)
+    assert assess(table).trustworthy, assess(table).reasons
+    unaligned = assess(per_letter(cos=0.1, best=0.1))
+    assert any("no latent among the 10 that SAEBench's k-sparse probe ranks" in r
+               for r in unaligned.reasons), unaligned.reasons
+
+
 def test_steps_after_the_warm_ups_are_trusted_and_a_checkpoint_is_noted():
     # issue 9's real SmolLM2 SAEs: 586 steps, trustworthy (the old floor was 1000)
     assert assess(training_steps=586).trustworthy
@@ -502,6 +566,17 @@ def test_random_alignment_level_is_what_random_directions_exceed_rarely():
     level = random_alignment_level(d_in, d_sae, p_value=0.01)
     assert sum(b > level for b in best) <= 0.01 * len(best) + 2
     assert level < 1.5 * max(best)  # a bound, not a vacuous one
+
+
+def test_single_direction_level_is_what_one_random_direction_exceeds_rarely():
+    d_in = 64
+    generator = torch.Generator().manual_seed(0)
+    probe_D = torch.nn.functional.normalize(torch.randn(d_in, generator=generator), dim=0)
+    dec_ND = torch.nn.functional.normalize(torch.randn(20_000, d_in, generator=generator), dim=1)
+    cos_N = (dec_ND @ probe_D).abs()
+    level = single_direction_level(d_in, p_value=0.01)
+    assert (cos_N > level).float().mean() <= 0.01
+    assert (cos_N > level / 1.5).float().mean() > 0.01  # a bound, not a vacuous one
 
 
 # ------------------------------------------------------------------ inputs and settings
@@ -588,7 +663,7 @@ def test_cli_read_only_out_is_one_line_with_status_1(saved_sae, tmp_path, capsys
     if os.geteuid() == 0:  # root writes anywhere: make the write probe fail as it would
         def refuse(*args, **kwargs):
             raise PermissionError(13, "Permission denied", str(out))
-        monkeypatch.setattr("orthosae_plugin.evals.absorption.tempfile.TemporaryFile", refuse)
+        monkeypatch.setattr("orthosae_plugin.evals.absorption_cli.tempfile.TemporaryFile", refuse)
     try:
         status, err = cli_error(capsys, "--sae", str(saved_sae), "--out", str(out / "new"))
     finally:
@@ -721,3 +796,45 @@ def test_smollm2_name_loads_through_the_package_loader(monkeypatch):
     monkeypatch.setattr("orthosae_plugin.smollm2.model.load_smollm2", broken)
     with pytest.raises(ValueError, match=r"'smollm2-135m-instruct-q4_1': cannot load it: no GGUF"):
         load_model("smollm2-135m-instruct-q4_1")
+
+
+# ------------------------------------------------------------------ eval seeds
+
+
+def test_eval_seeds_report_every_metrics_spread_and_each_seed_is_the_single_eval(
+        planted, tmp_path, capsys):
+    sae_dir = tmp_path / "sae"
+    build_reference_sae(planted, 3).save_model(sae_dir)
+    status = main(["--sae", str(sae_dir), "--model", "planted-first-letter", "--out",
+                   str(tmp_path / "out"), "--words-per-letter", "30", "--seed", "7",
+                   "--eval-seeds", "2", "--max-k-value", "3", "--quiet"])
+    assert status == 0
+    printed = capsys.readouterr().out
+    assert "2 eval seeds (7..8)" in printed and "mean_absorption_fraction_score" in printed
+    summary = json.loads((tmp_path / "out" / "sae_orthosae_eval_seeds.json").read_text())
+    assert summary["seeds"] == [7, 8]
+    per_seed = [load_output(path) for path in summary["result_files"]]
+    assert [o.eval_config.random_seed for o in per_seed] == [7, 8]
+    for name, spread in summary["metrics"].items():
+        if name == "n_letters_scored":
+            values = [len(o.eval_result_details) for o in per_seed]
+        else:
+            values = [getattr(o.eval_result_metrics.mean, name) for o in per_seed]
+        assert spread["values"] == pytest.approx(values)
+        assert spread["mean"] == pytest.approx(sum(values) / 2)
+        assert spread["std"] == pytest.approx(abs(values[0] - values[1]) / math.sqrt(2))
+    # seeds draw different words, so the absorption differs between them ...
+    absorption = summary["metrics"]["mean_absorption_fraction_score"]["values"]
+    assert absorption[0] != absorption[1]
+    # ... and a seed's eval is exactly the single eval with that seed
+    single = run_absorption_eval(sae_dir, planted.model, tmp_path / "single",
+                                 AbsorptionEvalConfig(max_k_value=3), seed=8,
+                                 words_per_letter=30, show_progress=False)
+    assert single.eval_result_metrics.mean == per_seed[1].eval_result_metrics.mean
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5])
+def test_eval_seeds_must_be_a_positive_integer(planted, tmp_path, bad):
+    with pytest.raises(ValueError, match="n_seeds"):
+        run_absorption_eval_seeds(untrained_sae(planted), planted.model, tmp_path,
+                                  n_seeds=bad, show_progress=False)

@@ -8,48 +8,35 @@ and at how the SAE was made (:class:`SaeProvenance`), and returns an
 :class:`AbsorptionAlarm` with a verdict, the reasons and notes. It is pure bookkeeping on
 numbers, so every rule is tested on hand-written tables.
 
-The rules must tell "untrained or unrelated" from "trained and absorbs a lot". Evidence
-(``python -m benchmarks.alarm_evidence``, planted first-letter model, SAEBench's default
-config, every number below from ``benchmarks/results/alarm_evidence/planted.json``):
-
-============  ==========  ================  ===============  ===========  =======
-case          absorption  aligned share     main-latent cos  k=1 F1       steps
-                          (mean / min)      (mean / min)     (mean)
-============  ==========  ================  ===============  ===========  =======
-planted 0 %   0.000       0.98 / 0.90       0.78 / 0.72      1.00         -
-planted 30 %  0.287       0.98 / 0.89       0.78 / 0.72      0.82         -
-planted 60 %  0.531       0.99 / 0.90       0.78 / 0.72      0.61         -
-planted 90 %  0.917       1.00 / 0.97       0.76 / 0.50      0.14         -
-random 256    0.013       0.00 / 0.00       0.21 / 0.10      0.27         -
-random 1211   0.102       0.00 / 0.00       0.23 / 0.12      0.31         -
-init (0)      0.485       0.00 / 0.00       0.18 / 0.10      0.21         0
-ckpt 4        0.000       0.00 / 0.00       -0.09 / -0.28    0.00         4
-ckpt 50       0.000       0.48 / 0.00       0.28 / -0.15     0.43         50
-ckpt 300      0.000       0.99 / 0.98       0.85 / 0.82      1.00         300
-final 1200    0.000       0.98 / 0.96       0.85 / 0.82      1.00         1200
-============  ==========  ================  ===============  ===========  =======
-
-(random-alignment level: 0.41 at d_sae 256, 0.44 at 1211; planted rows are hand-built
-reference SAEs with 0-9 of 10 groups absorbed; "ckpt"/"final": ``ortho_contrastive`` as
-``examples/absorption_eval.py`` trains it, 1200 steps, contrastive warm-up 1000.)
+The rules must tell "untrained or unrelated" from "trained and absorbs a lot". They are
+calibrated on planted first-letter models of five geometries (``python -m
+benchmarks.alarm_evidence``; every case with its numbers in
+``benchmarks/results/alarm_evidence/table.md``): d_model 64 to 576, d_sae 2x to 19x
+d_model, letter directions weaker, equal and stronger than the token directions, and
+hand-built reference SAEs absorbing 0 to 90 % of each letter's words, against random
+dictionaries, untrained SAEs and short training runs.
 
 Rules, each with its evidence:
 
 * **Letters carried by aligned latents** (:func:`_check_letters`, the main rule). Per
   letter, the share of the SAE's projection onto the letter's probe direction carried by
-  latents whose decoder is aligned with it beyond chance (cosine above
-  :func:`random_alignment_level`). A letter latent and the latents that absorb it both
-  carry the letter direction (that is what absorption means), so absorption does not
-  lower it: 0.98-1.00 from 0 % to 90 % planted absorption. Random and untrained
-  dictionaries: 0.00 (by construction: any latent above the random level occurs with
-  probability at most ``alignment_p_value``). Fires when more than half of the scored
-  letters are below ``min_aligned_projection_share`` (0.25: anything between 0 and 0.89
-  separates the planted cases; the low end leaves room for real dictionaries, where many
-  weakly aligned active latents share the letter's projection. Not yet measured on a
-  well-trained real SAE; see the README).
-* **Main latents unaligned.** The k=1 latent's decoder no closer to the probe than the
-  best of d_sae random directions: 26/26 letters for random, untrained and 4-step SAEs,
-  15/26 at 50 steps, 0/26 for every planted rate (the 90 % SAE's lowest is 0.50 > 0.44).
+  latents whose decoder is aligned with it beyond what ONE random direction reaches
+  (cosine above :func:`single_direction_level`: 0.29 at d_model 128, 0.14 at 576). A
+  letter latent and the latents that absorb it both carry the letter direction (that is
+  what absorption means), so absorption does not lower it: 0.91-0.99 mean at every
+  planted geometry and rate. Random and untrained dictionaries: 0.00-0.01. Fires when
+  more than half of the scored letters are below ``min_aligned_projection_share`` (0.25).
+  It used the level of the best of d_sae random directions before (0.44 at 128 x 1221):
+  an absorbing latent's decoder mixes the letter with its token's direction, so with a
+  letter weaker than the token part its cosine falls below that level; the 85 %
+  reference SAE of the weak-letter geometry then had a share of 0.23 and was flagged.
+* **Letter latents unaligned.** No latent among the ``max_k_value`` latents that
+  SAEBench's k-sparse probe ranks highest for a letter (its k=1 "main" latent included)
+  has a decoder closer to the letter's probe than the best of d_sae random directions
+  would (:func:`random_alignment_level`). The bound holds for any k (those latents are
+  d_sae random directions under the null). It looked at the k=1 latent only before, which
+  heavy absorption makes an absorbing latent (mostly token direction) for many letters:
+  that flagged 85 %-absorbing SAEs. Random, untrained and 4-step SAEs: every letter.
 * **Exact zero absorption with one split feature everywhere** is believed only with
   near-perfect letter latents (mean k=1 F1 >= 0.9: the clean reference, the 300- and
   1200-step SAEs); with weaker latents it is what an untrained SAE gives.
@@ -67,13 +54,10 @@ Rules, each with its evidence:
   no measurement can flag it; what is wrong with it is that its contrastive term was 30 %
   warmed up: the warm-up rule flags it (and any checkpoint before its warm-ups end),
   while a checkpoint past its warm-ups but short of its budget gets a note.
-* **On SmolLM2** (layer 15, 576 x 1152, 100 words per letter, 24 letters scored;
-  ``benchmarks/results/alarm_evidence/smollm2.json``): an untrained SAE scores absorption
-  0.650 and a random dictionary 0.588, both with aligned share 0.00 on every letter and
-  main-latent cosines 0.07 mean (random level 0.21): flagged by both letter rules. A
-  well-trained real SAE was not measured with these rules in this session (see the
-  README); the main-latent rule is unchanged from the version that trusted issue 9's
-  600k-token SAEs.
+* **On SmolLM2** (layer 15, 576 x 1152, 100 words per letter;
+  ``benchmarks/results/alarm_evidence/smollm2.json``, measured with the earlier rules): an
+  untrained SAE and a random dictionary had aligned share 0.00 on every letter and
+  main-latent cosines 0.07 mean (random level 0.21).
 * Decoder norms that cannot be folded, an SAE evaluated on another model than it was
   trained on, and fewer than ``min_feats_for_eval`` letters passing the ground-truth
   probe are reasons as before.
@@ -108,16 +92,19 @@ class AlarmThresholds:
     the module docstring)."""
     min_aligned_projection_share: float = 0.25
     """A letter whose projection onto its probe direction is carried less than this much
-    by latents aligned with the probe beyond chance has no latents for the letter, neither
-    its own nor absorbing ones (reference SAEs at 0-90 % absorption: >= 0.89 per letter;
-    random and untrained dictionaries: 0.00)."""
+    by latents aligned with the probe beyond chance (:func:`single_direction_level`) has
+    no latents for the letter, neither its own nor absorbing ones (planted reference SAEs
+    at 0-90 % absorption, five geometries: 0.91-0.99 mean; random and untrained
+    dictionaries: 0.00-0.01)."""
     min_k1_probe_f1: float = 0.3
     """Notes (no longer a reason) when most letters' best single latent has a lower F1:
     with absorption a its recall is about 1 - a, so heavy absorption alone does this."""
     alignment_p_value: float = 0.01
-    """A letter's main (k=1) latent counts as unaligned when its decoder's cosine with the
-    letter's probe is below the level that the best of d_sae *random* directions would
-    exceed with this probability (see :func:`random_alignment_level`)."""
+    """Chance levels: a letter has no aligned latent when none of its ranked latents beats
+    the cosine the best of d_sae *random* directions exceeds with this probability
+    (:func:`random_alignment_level`); a latent counts as aligned in the projection share
+    when its cosine exceeds what one random direction exceeds with this probability
+    (:func:`single_direction_level`)."""
     max_share_failing_letters: float = 0.5
     """The per-letter checks fire when more than this share of the scored letters fails
     them."""
@@ -197,6 +184,12 @@ def random_alignment_level(d_in: int, d_sae: int, p_value: float) -> float:
     return min(1.0, math.sqrt(2 * math.log(2 * d_sae / p_value) / d_in))
 
 
+def single_direction_level(d_in: int, p_value: float) -> float:
+    """The cosine with a fixed direction that ONE random unit vector in `d_in` dimensions
+    exceeds (in absolute value) with probability at most `p_value` (Gaussian tail bound)."""
+    return min(1.0, math.sqrt(2 * math.log(2 / p_value) / d_in))
+
+
 def assess_result(
     per_letter: pd.DataFrame,
     provenance: SaeProvenance,
@@ -207,7 +200,7 @@ def assess_result(
     """Decide whether an absorption result can be trusted.
 
     `per_letter` has one row per letter with columns ``letter, gt_probe_f1, k1_probe_f1,
-    k1_decoder_probe_cos`` and, for the letters SAEBench scored, ``mean_absorption_fraction,
+    k1_decoder_probe_cos, best_decoder_probe_cos`` and, for the letters SAEBench scored, ``mean_absorption_fraction,
     full_absorption_rate, num_split_features`` (NaN elsewhere), as
     ``orthosae_plugin.evals.absorption.per_letter_table`` builds it.
     """
@@ -301,13 +294,14 @@ def _check_letters(
     else:
         uncarried = ""
     level = random_alignment_level(provenance.d_in, provenance.d_sae, th.alignment_p_value)
-    unaligned = "".join(scored[scored["k1_decoder_probe_cos"] < level]["letter"])
+    unaligned = "".join(scored[scored["best_decoder_probe_cos"] < level]["letter"])
     if len(scored) and len(unaligned) > max_failing:
         reasons.append(
-            f"{len(unaligned)} of {len(scored)} scored letters have a main latent whose "
-            f"decoder is no closer to the letter's probe direction (cosine < {level:.2f}) "
-            f"than the best of {provenance.d_sae} random directions would be: {unaligned}; "
-            "the dictionary looks untrained")
+            f"{len(unaligned)} of {len(scored)} scored letters have no latent among the "
+            f"{config.max_k_value} that SAEBench's k-sparse probe ranks highest for the "
+            "letter whose decoder is closer to the letter's probe direction (cosine < "
+            f"{level:.2f}) than the best of {provenance.d_sae} random directions would be: "
+            f"{unaligned}; the dictionary looks untrained")
     low_k1 = "".join(scored[scored["k1_probe_f1"] < th.min_k1_probe_f1]["letter"])
     if len(scored) and len(low_k1) > max_failing and not reasons:
         notes.append(
@@ -343,6 +337,8 @@ def _check_letters(
         },
         "per_letter_main_latent_cos": dict(zip(per_letter["letter"],
                                                per_letter["k1_decoder_probe_cos"])),
+        "per_letter_best_latent_cos": dict(zip(per_letter["letter"],
+                                               per_letter["best_decoder_probe_cos"])),
         "per_letter_aligned_projection_share": dict(zip(
             per_letter["letter"], per_letter.get("aligned_projection_share",
                                                  pd.Series([math.nan] * len(per_letter)))

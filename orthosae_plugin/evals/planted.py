@@ -171,10 +171,14 @@ def build_planted_model(
 
     `words` defaults to the shipped word list; any list of lower-case alphabetic words
     works, as long as every letter has enough words that SAEBench's random 80/20 split
-    puts some in both the train and the test set.
+    puts some in both the train and the test set. Only the set of words matters: they are
+    deduplicated and sorted first, so a list built from a Python ``set`` (whose order
+    changes with ``PYTHONHASHSEED`` from process to process) gives the same model in every
+    process. Token ids follow that sorted order (the shipped list is already sorted).
     """
     cfg = config or PlantedModelConfig()
-    tokenizer = build_word_tokenizer(words if words is not None else load_planted_words())
+    tokenizer = build_word_tokenizer(sorted(set(words if words is not None
+                                                else load_planted_words())))
     vocab = tokenizer.get_vocab()
     d_vocab = len(vocab)
     generator = torch.Generator().manual_seed(cfg.seed)

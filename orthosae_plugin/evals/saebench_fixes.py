@@ -204,10 +204,30 @@ def precalc_fits(n_alpha_tokens: int, d_sae: int) -> bool:
 
 
 def seed_everything(seed: int) -> None:
-    """SAEBench's config has a ``random_seed`` that run_eval never applies (main.py:40-65)."""
+    """SAEBench's config has a ``random_seed`` that run_eval never applies (main.py:40-65).
+
+    Seeds every generator SAEBench draws from: Python's ``random`` (the 80/20 split,
+    probing.py:276; in-context examples, prompting.py:108-121), NumPy, and torch (probe
+    initialisation, and the order of the probes' ``DataLoader(shuffle=True)`` batches,
+    probing.py:93)."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with every generator seeded by `seed` (:func:`seed_everything`), then
+    give the caller's Python, NumPy and torch (CPU) random states back, so that an eval
+    neither depends on nor changes what the caller drew before."""
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        seed_everything(seed)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 # --------------------------------------------------------------------------- the SAE
