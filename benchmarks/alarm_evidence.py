@@ -42,8 +42,8 @@ from sae_lens import SAE, StandardSAE, StandardSAEConfig
 from sae_lens.saes.sae import SAEMetadata
 from sae_lens.training.sae_trainer import SAETrainer
 
-from orthosae_plugin.evals.absorption import run_absorption_eval
-from orthosae_plugin.evals.alarm import get_alarm
+from orthosae_plugin.evals.absorption import load_output, result_path, run_absorption_eval
+from orthosae_plugin.evals.alarm import AlarmThresholds, get_alarm
 from orthosae_plugin.evals.planted import build_planted_model, build_reference_sae
 
 
@@ -116,15 +116,28 @@ def main(argv: list[str] | None = None) -> int:
                         "normalisation), and add it to --smollm2")
     parser.add_argument("--probes-from", type=Path, default=None,
                         help="an absorption output folder whose probes/ cache to reuse")
+    parser.add_argument("--geometries", nargs="*", default=None, choices=list(GEOMETRIES),
+                        help="planted geometries to calibrate on (instead of the default "
+                        "model's cases)")
+    parser.add_argument("--table", type=Path, default=None,
+                        help="only write FOLDER/table.md from the evidence JSONs in FOLDER")
+    parser.add_argument("--fast", action="store_true",
+                        help="FAST_CONFIG instead of SAEBench's default config")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    if args.table is not None:
+        (args.table / "table.md").write_text(evidence_table(args.table))
+        return 0
+    if args.geometries is not None:
+        return geometry_evidence(args.out, args.geometries or list(GEOMETRIES), args.only,
+                                 FAST_CONFIG if args.fast else AbsorptionEvalConfig())
     if args.smollm2_train is not None:
         args.smollm2 = [*(args.smollm2 or []), *train_smollm2(args.out / "smollm2_train",
                                                                args.smollm2_train)]
     if args.smollm2 is not None:
         return smollm2_evidence(args.out, args.smollm2, args.probes_from, args.only)
     planted = build_planted_model()
-    config = AbsorptionEvalConfig()
+    config = FAST_CONFIG if args.fast else AbsorptionEvalConfig()
     cases: dict[str, SAE | Path] = {}
     for k in (0, 3, 6, 9):
         cases[f"planted_{k}"] = build_reference_sae(planted, k)
@@ -145,7 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         output = run_absorption_eval(sae, planted.model, args.out / "absorption", config,
                                      sae_name=name, show_progress=False)
         evidence[name] = summarise(output) | {
-            "eval_seconds": round(time.perf_counter() - start, 1)}
+            "eval_seconds": round(time.perf_counter() - start, 1),
+            "max_k_value": config.max_k_value,
+            "k_sparse_probe_num_epochs": config.k_sparse_probe_num_epochs}
         e = evidence[name]
         print(f"{name:>12}: absorption {e['mean_absorption']:.3f} {e['verdict']}: "
               f"{e['reasons']}", flush=True)
@@ -162,7 +177,10 @@ def summarise(output) -> dict:  # noqa: ANN001
     shares = [v for v in measured["per_letter_aligned_projection_share"].values()]
     cosines = list(measured["per_letter_main_latent_cos"].values())
     k1 = [f1 for _, f1 in measured["per_letter_probe_f1"].values()]
+    cfg = output.sae_cfg_dict or {}
     return {
+        "d_model": cfg.get("d_in"),
+        "d_sae": cfg.get("d_sae"),
         "mean_absorption": mean.mean_absorption_fraction_score,
         "mean_full_absorption": mean.mean_full_absorption_score,
         "verdict": alarm.verdict,
@@ -173,6 +191,164 @@ def summarise(output) -> dict:  # noqa: ANN001
         "k1_f1_mean": sum(k1) / len(k1),
         "measured": measured,
     }
+
+
+# Planted geometries for the alarm's calibration: width, and the letter's strength against
+# the group and token parts. With 20 groups the reference SAEs absorb 0/30/60/85 % (0, 6,
+# 12, 17 groups); their width is 26 + 20 + 1149 words = 1195 latents: 18.7x d_model at 64,
+# 9.3x at 128, 4.7x at 256, 2.1x at 576.
+GEOMETRIES: dict[str, dict[str, float]] = {
+    "d64": dict(d_model=64),
+    "d128_weak_letter": dict(d_model=128, letter_norm=0.5),
+    "d256_strong_letter": dict(d_model=256, letter_norm=2.0),
+    "d576_strong_token": dict(d_model=576, token_norm=2.0),
+}
+ABSORBED_OF_20 = (0, 6, 12, 17)
+
+
+def geometry_cases(name: str) -> tuple[object, dict[str, SAE]]:
+    """The planted model of geometry `name` and its cases: reference SAEs at 0/30/60/85 %
+    absorption, a random dictionary and an untrained SAELens `standard` SAE of the same
+    width."""
+    from orthosae_plugin.evals.planted import PlantedModelConfig
+
+    planted = build_planted_model(PlantedModelConfig(n_groups=20, **GEOMETRIES[name]))
+    cases: dict[str, SAE] = {f"{name}_planted_{k}": build_reference_sae(planted, k)
+                             for k in ABSORBED_OF_20}
+    d_model, d_sae = planted.config.d_model, cases[f"{name}_planted_0"].cfg.d_sae
+    cases[f"{name}_random"] = random_dictionary(d_model, d_sae, planted.config.model_name,
+                                                planted.hook_name)
+    torch.manual_seed(0)
+    cases[f"{name}_untrained"] = StandardSAE(StandardSAEConfig(
+        d_in=d_model, d_sae=d_sae, metadata=SAEMetadata(
+            model_name=planted.config.model_name, hook_name=planted.hook_name)))
+    return planted, cases
+
+
+FAST_CONFIG = AbsorptionEvalConfig(max_k_value=3, k_sparse_probe_num_epochs=20)
+"""``--fast``: fewer k-sparse probes (k <= 3) and epochs than SAEBench's default. For the
+letter-latent rule this is the conservative side: its latents are the top k of one L1
+probe, so a letter aligned among 3 is aligned among 10, and a random dictionary's chance
+of an aligned latent is bounded for any k (the random level is for the best of d_sae)."""
+
+
+def geometry_evidence(out: Path, names: list[str], only: list[str] | None,
+                      config: AbsorptionEvalConfig) -> int:
+    """Evaluate every geometry's cases; per case the per-letter table the alarm reads, the
+    planted share of the scored words, and the aligned share at the single-direction level."""
+    from orthosae_plugin.evals.alarm import single_direction_level
+
+    evidence_path = out / "evidence_geometries.json"
+    evidence = json.loads(evidence_path.read_text()) if evidence_path.exists() else {}
+    for geometry in names:
+        planted, cases = geometry_cases(geometry)
+        for name, sae in cases.items():
+            if only is not None and name not in only:
+                continue
+            start = time.perf_counter()
+            target = out / "absorption" / geometry
+            output = run_absorption_eval(sae, planted.model, target, config,
+                                         sae_name=name, show_progress=False)
+            e = summarise(output) | {"eval_seconds": round(time.perf_counter() - start, 1),
+                                     "max_k_value": config.max_k_value,
+                                     "k_sparse_probe_num_epochs": config.k_sparse_probe_num_epochs,
+                                     "geometry": geometry, "d_model": planted.config.d_model,
+                                     "d_sae": sae.cfg.d_sae}
+            if "_planted_" in name:
+                k = int(name.rsplit("_", 1)[1])
+                e["planted_share_of_scored_words"] = scored_planted_share(
+                    planted, k, target, name)
+                e["planted_share_all_words"] = planted.planted_absorption_rate(k)
+            level = single_direction_level(planted.config.d_model,
+                                           AlarmThresholds().alignment_p_value)
+            e["aligned_share_single_level"] = aligned_share_at(sae, planted.model, target,
+                                                               level)
+            evidence[name] = e
+            print(f"{name}: absorption {e['mean_absorption']:.3f} (planted "
+                  f"{e.get('planted_share_of_scored_words', float('nan')):.3f}), "
+                  f"{e['verdict']}: {e['reasons']} ({e['eval_seconds']} s)", flush=True)
+            evidence_path.parent.mkdir(parents=True, exist_ok=True)
+            evidence_path.write_text(json.dumps(evidence, indent=1, default=str))
+    return 0
+
+
+def _probe_dir(target: Path, model_name: str) -> Path:
+    (layer_dir,) = (target / "probes").glob(f"*/{model_name}/layer_0")
+    return layer_dir
+
+
+def scored_planted_share(planted, absorbed: int, target: Path, name: str) -> float:  # noqa: ANN001
+    """The planted absorption share of the test words SAEBench scored, by letter as SAEBench
+    averages (the words whose probe is right: ``num_probe_true_positives`` of each letter
+    come from the test split); here approximated by all test words of the scored letters."""
+    import pandas as pd
+
+    output = load_output(result_path(target, name))
+    scored = {d.first_letter for d in output.eval_result_details}
+    test = pd.read_csv(_probe_dir(target, planted.config.model_name) / "test_df.csv",
+                       keep_default_na=False)
+    vocab = planted.model.tokenizer.get_vocab()
+    ids = torch.tensor([vocab[str(t).strip()] for t in test["token"]
+                        if str(t).strip()[0] in scored])
+    return planted.planted_absorption_rate(absorbed, ids)
+
+
+def aligned_share_at(sae: SAE, model, target: Path, level: float) -> dict[str, float]:  # noqa: ANN001
+    """letter_projection_carried at another alignment level, on the eval's probe and test words."""
+    from sae_bench.evals.absorption.common import load_probe, load_probe_data_split
+
+    from orthosae_plugin.evals.letters import letter_projection_carried
+
+    probes_dir = _probe_dir(target, model.cfg.model_name).parents[1]
+    probe = load_probe(model.cfg.model_name, 0, probes_dir, torch.float32, "cpu")
+    acts, words = load_probe_data_split(model, 0, "test", probes_dir, torch.float32, "cpu")
+    sae = sae if isinstance(sae, SAE) else SAE.load_from_disk(sae)
+    return letter_projection_carried(sae, probe.weights.detach(), acts,
+                                     [label for _, label in words], level)
+
+
+RULE_NAMES = {"carried by no latent aligned": "aligned share",
+              "no latent among the": "letter latents",
+              "have a main latent whose": "main latent (old k=1 rule)",
+              "before its run's warm-ups ended": "warm-up unfinished",
+              "steps (from": "training steps",
+              "exactly 0 absorption": "zero pattern",
+              "pass the ground-truth probe": "probe"}
+
+
+def rule_name(reason: str) -> str:
+    """A short name for the alarm rule behind `reason`."""
+    return next((name for key, name in RULE_NAMES.items() if key in reason), reason[:40])
+
+
+def evidence_table(folder: Path) -> str:
+    """Every evidence JSON in `folder` as one markdown table (what each rule read)."""
+    lines = ["# The absorption alarm's evidence", "",
+             "Written by `python -m benchmarks.alarm_evidence` (planted cases: `--fast`, "
+             "`--geometries ...`; SmolLM2: `--smollm2`). Per case: SAEBench's mean absorption "
+             "(and the planted share of the scored letters' test words), the aligned share of "
+             "each letter's projection (mean / lowest letter), the best-aligned ranked "
+             "latent's cosine with the probe (mean / lowest letter) against the random level, "
+             "the k=1 latent's cosine, and the verdict with the rules that fired.", "",
+             "| case | d_model x d_sae | absorption (planted) | aligned share | best ranked latent "
+             "cos (level) | k=1 cos | verdict |", "|---|---|---|---|---|---|---|"]
+    for path in sorted(folder.glob("evidence*.json")):
+        for name, e in json.loads(path.read_text()).items():
+            m = e["measured"]
+            best = [v for v in m.get("per_letter_best_latent_cos", {}).values()]
+            share = e["aligned_share_mean_min"]
+            planted = e.get("planted_share_of_scored_words")
+            fired = ", ".join(rule_name(r) for r in e["reasons"]) or "-"
+            shape = f"{e['d_model']} x {e['d_sae']}" if "d_model" in e else "-"
+            lines.append(
+                f"| {name} | {shape} | {e['mean_absorption']:.3f}"
+                + (f" ({planted:.3f})" if planted is not None else "")
+                + f" | {share[0]:.2f} / {share[1]:.2f} | "
+                + (f"{sum(best) / len(best):.2f} / {min(best):.2f}" if best else "-")
+                + f" ({m['random_alignment_level']:.2f}) | "
+                + f"{e['main_latent_cos_mean_min'][0]:.2f} / {e['main_latent_cos_mean_min'][1]:.2f}"
+                + f" | {e['verdict']}: {fired} |")
+    return "\n".join(lines) + "\n"
 
 
 def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,

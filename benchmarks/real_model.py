@@ -46,6 +46,7 @@ import math
 import os
 import platform
 import shlex
+import statistics
 import sys
 import tempfile
 import time
@@ -75,7 +76,13 @@ from benchmarks.sweep import (
     quiet_saelens_progress,
 )
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
-from orthosae_plugin.evals.absorption import AbsorptionEvalError, get_alarm, run_absorption_eval
+from orthosae_plugin.evals.absorption import (
+    AbsorptionEvalError,
+    get_alarm,
+    load_output,
+    run_absorption_eval,
+    run_absorption_eval_seeds,
+)
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "real_model"
 OC = "ortho_contrastive"
@@ -158,6 +165,10 @@ class BenchConfig:
     full vocabulary, ~4M tokens of forward passes on SmolLM2: GPU only)."""
     absorption_max_k: int = 10
     """SAEBench's max_k_value (its default: 10)."""
+    eval_seeds: int = 1
+    """Absorption evals per SAE with eval seeds 42, 43, ... (``run_absorption_eval_seeds``):
+    the table reports the first seed's numbers and the spread over the seeds (each extra
+    seed costs one eval with its own ground-truth probe). 1: one eval, as before."""
     max_norm_ratio: float = 8.0
     """Activations with a norm above this many times the median are left out of training
     and of the held-out evals. SmolLM2 makes a few massive-activation tokens besides
@@ -172,8 +183,12 @@ class BenchConfig:
         return self.training_tokens // self.batch_size
 
     def key(self) -> str:
-        """Fingerprint of everything a run depends on except its arm and setting."""
-        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        """Fingerprint of everything a run depends on except its arm and setting (one eval
+        seed, the default, keeps the fingerprint runs had before ``eval_seeds`` existed)."""
+        fields = asdict(self)
+        if fields["eval_seeds"] == 1:
+            del fields["eval_seeds"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
 PRESETS: dict[str, BenchConfig] = {
@@ -446,10 +461,17 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
     held = heldout(sae)
     config, kwargs = absorption_config(bench)
     name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
+    spread = None
     try:
-        output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
-                                     training_steps=steps, show_progress=False, forward_memo=forward_memo,
-                                     **kwargs)
+        if bench.eval_seeds > 1:  # the forwards differ between seeds: no shared memo
+            spread = run_absorption_eval_seeds(sae, source.model, work_dir / "absorption", config,
+                                               n_seeds=bench.eval_seeds, sae_name=name,
+                                               training_steps=steps, show_progress=False, **kwargs)
+            output = load_output(spread.result_files[0])
+        else:
+            output = run_absorption_eval(sae, source.model, work_dir / "absorption", config, sae_name=name,
+                                         training_steps=steps, show_progress=False,
+                                         forward_memo=forward_memo, **kwargs)
     except AbsorptionEvalError as error:  # nothing scorable: kept as a run with no absorption
         output, failure = None, str(error)
     if output is not None:
@@ -473,6 +495,12 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
         "dead_latents": dead,
         "train_seconds": train_seconds,
     }
+    if spread is not None:  # the eval's own noise on this SAE
+        for key, metric in (("absorption", "mean_absorption_fraction_score"),
+                            ("full_absorption", "mean_full_absorption_score"),
+                            ("split_features", "mean_num_split_features")):
+            metrics[f"{key}_eval_sd"] = spread.metrics[metric].std
+            metrics[f"{key}_eval_seeds"] = spread.metrics[metric].values
     return RunResult(
         arm=arm.name, architecture=arm.architecture, sparsity_field=arm.sparsity_field,
         sparsity=sparsity, seed=bench.seed, metrics=metrics,
@@ -647,6 +675,17 @@ def _cell(value: float, digits: int) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def eval_noise_line(results: list[RunResult], bench: BenchConfig) -> list[str]:
+    """With ``eval_seeds`` > 1: the absorption eval's own spread, beside the arms' differences."""
+    sds = [r.metrics["absorption_eval_sd"] for r in results if "absorption_eval_sd" in r.metrics]
+    if not sds:
+        return []
+    return [f"Eval noise: absorption's sd over {bench.eval_seeds} eval seeds (same SAE, only the "
+            f"eval's seeded draws change) is {statistics.mean(sds):.3f} on average over {len(sds)} "
+            f"runs (max {max(sds):.3f}); differences between arms smaller than about twice that "
+            "are not resolved.  "]
+
+
 def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
              meta: dict[str, Any]) -> str:
     matched = matched_l0_summary(results, target_l0, METRICS)
@@ -666,6 +705,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         f", max k {bench.absorption_max_k}. EV, L0, CE-loss recovered: SAELens's definitions (`HeldoutEval`) on "
         f"{bench.heldout_tokens:,} held-out tokens. dead: share of latents SAELens's trainer counts "
         f"dead at the end (no firing in {bench.dead_feature_window} steps).  ",
+        *eval_noise_line(results, bench),
         f"Data: {', '.join(sorted({r.data_version or 'unrecorded' for r in results}))}.  ",
         f"Command: `{meta['command']}`; machine: {meta['machine']}; {len(results)} runs; "
         f"training + evals summed over the runs {sum(r.metrics['train_seconds'] + r.eval_seconds for r in results) / 60:.1f} min; "
@@ -815,6 +855,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, help="training tokens per SAE (overrides the preset)")
     parser.add_argument("--d-sae", type=int, help="latents (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="training batch in tokens (overrides the preset)")
+    parser.add_argument("--eval-seeds", type=int, default=1,
+                        help="absorption evals per SAE with eval seeds 42, 43, ...: the table "
+                        "shows the eval's own spread (default 1)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's, i.e. OMP_NUM_THREADS)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
@@ -841,6 +884,8 @@ def bench_from_args(args: argparse.Namespace) -> BenchConfig:
         overrides["d_sae"] = args.d_sae
     if args.batch_size:
         overrides["batch_size"] = args.batch_size
+    if args.eval_seeds != 1:
+        overrides["eval_seeds"] = args.eval_seeds
     return replace(bench, **overrides)
 
 

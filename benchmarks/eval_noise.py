@@ -1,0 +1,141 @@
+"""The absorption eval's own noise: one SAE, several eval seeds (``run_absorption_eval_seeds``).
+
+Every seeded part of the eval (vocabulary subsample, SAEBench's 80/20 split and in-context
+examples, ground-truth and k-sparse probe training) is drawn again per seed; the SAE and
+the model stay fixed. The spread says how large a difference between two SAEs must be
+before this eval resolves it.
+
+* ``--planted``: the planted first-letter model (offline, seconds per eval), reference SAEs
+  with 0 / 30 / 60 / 90 % absorption, SAEBench's full (1,149-word) vocabulary.
+* ``--smollm2``: SmolLM2-135M-Instruct at layer 15, one `standard` SAE (trained here on
+  cached activations unless ``--sae`` names a saved one), 100 words per letter.
+
+Run::
+
+    OMP_NUM_THREADS=1 python -m benchmarks.eval_noise --planted --seeds 5
+    OMP_NUM_THREADS=1 python -m benchmarks.eval_noise --smollm2 --seeds 3 --tokens 204800
+
+Writes ``{out}/{planted,smollm2}.json`` (per SAE: :class:`EvalSpread`, wall time) and
+``{out}/table.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
+from sae_lens import SAE
+
+from orthosae_plugin.evals.absorption import run_absorption_eval_seeds
+from orthosae_plugin.evals.absorption_report import EvalSpread, format_spread
+from orthosae_plugin.evals.planted import build_planted_model, build_reference_sae
+
+METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score",
+           "mean_num_split_features", "n_letters_scored")
+
+
+def machine() -> str:
+    return (f"{platform.machine()}, {os.cpu_count()} CPU cores (load average "
+            f"{os.getloadavg()[0]:.1f} at the start), {torch.get_num_threads()} torch thread(s)")
+
+
+def planted_noise(out: Path, n_seeds: int) -> dict:
+    planted = build_planted_model()
+    results = {}
+    for k in (0, 3, 6, 9):
+        start = time.perf_counter()
+        spread = run_absorption_eval_seeds(
+            build_reference_sae(planted, k), planted.model, out / "work" / "planted",
+            AbsorptionEvalConfig(), n_seeds=n_seeds, sae_name=f"planted_{k}",
+            show_progress=False)
+        results[f"planted_{k}"] = {"spread": asdict(spread),
+                                   "wall_seconds": round(time.perf_counter() - start, 1)}
+        print(format_spread(spread), flush=True)
+    return results
+
+
+def smollm2_noise(out: Path, n_seeds: int, sae_path: Path | None, tokens: int,
+                  words_per_letter: int) -> dict:
+    from benchmarks.alarm_evidence import train_smollm2
+    from orthosae_plugin.activations import cached_activations
+    from orthosae_plugin.smollm import load_smollm2
+
+    start = time.perf_counter()
+    if sae_path is None:
+        activations = cached_activations("blocks.15.hook_resid_post", n_tokens=tokens)
+        sae_path = train_smollm2(out / "work" / "smollm2_train", activations, tokens=tokens)[-1]
+    train_seconds = time.perf_counter() - start
+    model = load_smollm2()
+    start = time.perf_counter()
+    spread = run_absorption_eval_seeds(
+        SAE.load_from_disk(sae_path), model, out / "work" / "smollm2", AbsorptionEvalConfig(),
+        n_seeds=n_seeds, sae_name="smollm2_standard", show_progress=False,
+        words_per_letter=words_per_letter)
+    print(format_spread(spread), flush=True)
+    return {"smollm2_standard": {
+        "spread": asdict(spread), "wall_seconds": round(time.perf_counter() - start, 1),
+        "sae": str(sae_path), "training_tokens": tokens, "train_seconds": round(train_seconds, 1),
+        "words_per_letter": words_per_letter}}
+
+
+def markdown(sections: dict[str, dict]) -> str:
+    lines = ["# The absorption eval's own noise (eval seeds)", "",
+             "Written by `python -m benchmarks.eval_noise`. One SAE and one model per row; "
+             "only the eval seed changes (vocabulary subsample, 80/20 split, in-context "
+             "examples, probe training). sd: sample standard deviation over the seeds.", ""]
+    for section, data in sections.items():
+        lines += [f"## {section} ({data['meta']['machine']}; command `{data['meta']['command']}`)",
+                  "", "| SAE | seeds | verdicts | " + " | ".join(
+                      f"{m} mean ± sd [min, max]" for m in METRICS) + " | wall (s) |",
+                  "|---" * (4 + len(METRICS)) + "|"]
+        for name, row in data["results"].items():
+            spread = EvalSpread.from_dict(row["spread"])
+            cells = [f"{spread.metrics[m].mean:.4f} ± {spread.metrics[m].std:.4f} "
+                     f"[{spread.metrics[m].min:.4f}, {spread.metrics[m].max:.4f}]" for m in METRICS]
+            verdicts = ", ".join(f"{spread.verdicts.count(v)} {v}" for v in sorted(set(spread.verdicts)))
+            lines.append(f"| {name} | {spread.seeds[0]}..{spread.seeds[-1]} | {verdicts} | "
+                         + " | ".join(cells) + f" | {row['wall_seconds']:.0f} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--planted", action="store_true")
+    parser.add_argument("--smollm2", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3, help="eval seeds (42, 43, ...)")
+    parser.add_argument("--sae", type=Path, default=None, help="a saved SmolLM2 layer-15 SAE")
+    parser.add_argument("--tokens", type=int, default=204_800,
+                        help="training tokens of the SmolLM2 SAE trained here")
+    parser.add_argument("--words-per-letter", type=int, default=100)
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_noise"))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    command = "python -m benchmarks.eval_noise " + " ".join(argv if argv is not None else
+                                                             os.sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    for section, enabled in (("planted", args.planted), ("smollm2", args.smollm2)):
+        if not enabled:
+            continue
+        meta = {"command": command.strip(), "machine": machine()}
+        start = time.perf_counter()
+        results = (planted_noise(args.out, args.seeds) if section == "planted" else
+                   smollm2_noise(args.out, args.seeds, args.sae, args.tokens,
+                                 args.words_per_letter))
+        meta["wall_seconds"] = round(time.perf_counter() - start, 1)
+        (args.out / f"{section}.json").write_text(
+            json.dumps({"meta": meta, "results": results}, indent=1))
+    sections = {p.stem: json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))}
+    (args.out / "table.md").write_text(markdown(sections))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
