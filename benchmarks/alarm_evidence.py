@@ -120,14 +120,19 @@ def main(argv: list[str] | None = None) -> int:
                         help="planted geometries to calibrate on (instead of the default "
                         "model's cases)")
     parser.add_argument("--table", type=Path, default=None,
-                        help="only write FOLDER/table.md from the evidence JSONs in FOLDER")
+                        help="only write FOLDER/README.md from the evidence JSONs in FOLDER")
+    parser.add_argument("--rescore", action="store_true",
+                        help="with --geometries: re-score the saved eval artifacts with the "
+                        "current rules (no SAEBench rerun)")
     parser.add_argument("--fast", action="store_true",
                         help="FAST_CONFIG instead of SAEBench's default config")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if args.table is not None:
-        (args.table / "table.md").write_text(evidence_table(args.table))
+        write_evidence_readme(args.table)
         return 0
+    if args.geometries is not None and args.rescore:
+        return rescore_geometries(args.out, args.geometries or list(GEOMETRIES))
     if args.geometries is not None:
         return geometry_evidence(args.out, args.geometries or list(GEOMETRIES), args.only,
                                  FAST_CONFIG if args.fast else AbsorptionEvalConfig())
@@ -272,6 +277,81 @@ def geometry_evidence(out: Path, names: list[str], only: list[str] | None,
     return 0
 
 
+def reassess(target: Path, name: str, sae: SAE, model) -> dict:  # noqa: ANN001
+    """The alarm on an eval's saved artifacts (SAEBench's k-sparse probing JSON and raw
+    absorption parquet, the ground-truth probe and its test words), without rerunning
+    SAEBench: the per-letter table and the aligned shares are rebuilt exactly as
+    ``run_absorption_eval`` builds them, so a change of the rules is re-scored in seconds."""
+    import copy
+    import math
+
+    import pandas as pd
+    from sae_bench.evals.absorption.main import _aggregate_results_df
+
+    from orthosae_plugin.evals.alarm import SaeProvenance, assess_result, single_direction_level
+    from orthosae_plugin.evals.letters import per_letter_table
+    from orthosae_plugin.evals.saebench_fixes import fold_decoder_norms
+
+    output = load_output(result_path(target, name))
+    config = output.eval_config
+    metrics_df = pd.read_json(target / f"{name}_custom_sae_k_sparse_probing.json")
+    raw_df = pd.read_parquet(target / "artifacts" / "feature_absorption" / name
+                             / f"layer_0_{name}.parquet")
+    table = per_letter_table(metrics_df, _aggregate_results_df(raw_df), config)
+    sae = copy.deepcopy(sae)
+    deviation, folded, fold_error = fold_decoder_norms(sae)
+    level = single_direction_level(sae.cfg.d_in, AlarmThresholds().alignment_p_value)
+    shares = aligned_share_at(sae, model, target, level)
+    table = table.assign(aligned_projection_share=table["letter"].map(shares))
+    recorded = get_alarm(output).measured
+    provenance = SaeProvenance(sae.cfg.d_in, sae.cfg.d_sae, recorded["training_steps"],
+                               recorded["training_steps_source"], deviation, folded,
+                               fold_error, sae.cfg.metadata.model_name)
+    alarm = assess_result(table, provenance, config, model.cfg.model_name)
+    scored = table.dropna(subset=["mean_absorption_fraction"])
+    mean = output.eval_result_metrics.mean
+    return {
+        "d_model": sae.cfg.d_in, "d_sae": sae.cfg.d_sae,
+        "mean_absorption": mean.mean_absorption_fraction_score,
+        "mean_full_absorption": mean.mean_full_absorption_score,
+        "verdict": alarm.verdict, "reasons": alarm.reasons, "notes": alarm.notes,
+        "aligned_share_mean_min": [float(scored["aligned_projection_share"].mean()),
+                                   float(scored["aligned_projection_share"].min())],
+        "main_latent_cos_mean_min": [float(table["k1_decoder_probe_cos"].mean()),
+                                     float(table["k1_decoder_probe_cos"].min())],
+        "k1_f1_mean": float(table["k1_probe_f1"].mean()),
+        "max_k_value": config.max_k_value,
+        "k_sparse_probe_num_epochs": config.k_sparse_probe_num_epochs,
+        "rescored_from_saved_artifacts": True,
+        "measured": {k: (None if isinstance(v, float) and math.isnan(v) else v)
+                     for k, v in alarm.measured.items()},
+    }
+
+
+def rescore_geometries(out: Path, names: list[str]) -> int:
+    """``--rescore``: the alarm on every geometry case whose eval artifacts are saved under
+    ``{out}/absorption/{geometry}`` (see :func:`reassess`); writes
+    ``{out}/evidence_{geometry}.json``."""
+    for geometry in names:
+        planted, cases = geometry_cases(geometry)
+        target = out / "absorption" / geometry
+        evidence = {}
+        for name, sae in cases.items():
+            if not result_path(target, name).exists():
+                continue
+            e = reassess(target, name, sae, planted.model) | {"geometry": geometry}
+            if "_planted_" in name:
+                k = int(name.rsplit("_", 1)[1])
+                e["planted_share_of_scored_words"] = scored_planted_share(planted, k, target, name)
+                e["planted_share_all_words"] = planted.planted_absorption_rate(k)
+            evidence[name] = e
+            print(f"{name}: absorption {e['mean_absorption']:.3f} (planted "
+                  f"{e.get('planted_share_of_scored_words', float('nan')):.3f}), share "
+                  f"{e['aligned_share_mean_min']}, {e['verdict']}: {e['reasons']}", flush=True)
+        (out / f"evidence_{geometry}.json").write_text(json.dumps(evidence, indent=1, default=str))
+    return 0
+
+
 def _probe_dir(target: Path, model_name: str) -> Path:
     (layer_dir,) = (target / "probes").glob(f"*/{model_name}/layer_0")
     return layer_dir
@@ -307,6 +387,42 @@ def aligned_share_at(sae: SAE, model, target: Path, level: float) -> dict[str, f
                                      [label for _, label in words], level)
 
 
+def write_evidence_readme(folder: Path) -> Path:
+    from benchmarks.results_readme import ResultsReadme, write_results_readme
+
+    return write_results_readme(folder, ResultsReadme(
+        title="The absorption alarm's evidence",
+        measures="SAEs whose verdict is known in advance, evaluated by `run_absorption_eval`, "
+        "and the numbers each alarm rule reads. Planted first-letter models of four "
+        "geometries (`GEOMETRIES`: d_model 64-576, letter weaker / equal / stronger than the "
+        "token part, 20 groups): hand-built reference SAEs absorbing 0-85 % of each letter's "
+        "words (must be trusted and measured at the planted share), a random dictionary and "
+        "an untrained SAE of the same width (must be flagged). "
+        "Per case: SAEBench's mean absorption (in brackets the planted share of the scored "
+        "letters' test words), the aligned share of each letter's projection (mean / "
+        "lowest letter), the best-aligned ranked latent's cosine with the probe (mean / "
+        "lowest letter; the random level in brackets), the k=1 latent's cosine, and the "
+        "verdict with the rules that fired.",
+        provenance=[("command", "`python -m benchmarks.alarm_evidence --fast` (default "
+                     "geometry) and `--fast --geometries NAME` (one process per geometry), "
+                     "`--fast --geometries NAME --rescore` (the current rules on the saved "
+                     "eval artifacts), then `--table benchmarks/results/alarm_evidence`"),
+                    ("machine", "2 shared CPU cores, 1 torch thread per process"),
+                    ("wall time", "eval seconds per case in the JSON files (`eval_seconds`)")],
+        table=evidence_table(folder),
+        caveats=["`--fast`: SAEBench's k-sparse probes up to k = 3 with 20 epochs (its "
+                 "default: 10 and 50). The letter-latent rule is then conservative: a letter "
+                 "aligned among 3 ranked latents is aligned among 10.",
+                 "`planted.json` (default geometry, with the `ortho_contrastive` "
+                 "checkpoints) and `smollm2.json`: measured with SAEBench's default config "
+                 "before the letter rules changed (their reasons name the old k=1 rule; "
+                 "they hold no best-ranked-latent cosines), so they are not in the table.",
+                 "d_model 576: its random and untrained cases were not measured (time)."],
+        files=[(p.name, "per case: verdict, reasons, notes and per letter every number the "
+                "rules read") for p in sorted(folder.glob("*.json"))],
+        docs="absorption-eval.md"))
+
+
 RULE_NAMES = {"carried by no latent aligned": "aligned share",
               "no latent among the": "letter latents",
               "have a main latent whose": "main latent (old k=1 rule)",
@@ -323,14 +439,7 @@ def rule_name(reason: str) -> str:
 
 def evidence_table(folder: Path) -> str:
     """Every evidence JSON in `folder` as one markdown table (what each rule read)."""
-    lines = ["# The absorption alarm's evidence", "",
-             "Written by `python -m benchmarks.alarm_evidence` (planted cases: `--fast`, "
-             "`--geometries ...`; SmolLM2: `--smollm2`). Per case: SAEBench's mean absorption "
-             "(and the planted share of the scored letters' test words), the aligned share of "
-             "each letter's projection (mean / lowest letter), the best-aligned ranked "
-             "latent's cosine with the probe (mean / lowest letter) against the random level, "
-             "the k=1 latent's cosine, and the verdict with the rules that fired.", "",
-             "| case | d_model x d_sae | absorption (planted) | aligned share | best ranked latent "
+    lines = ["| case | d_model x d_sae | absorption (planted) | aligned share | best ranked latent "
              "cos (level) | k=1 cos | verdict |", "|---|---|---|---|---|---|---|"]
     for path in sorted(folder.glob("evidence*.json")):
         for name, e in json.loads(path.read_text()).items():

@@ -6,7 +6,8 @@ the model stay fixed. The spread says how large a difference between two SAEs mu
 before this eval resolves it.
 
 * ``--planted``: the planted first-letter model (offline, seconds per eval), reference SAEs
-  with 0 / 30 / 60 / 90 % absorption, SAEBench's full (1,149-word) vocabulary.
+  with 0 / 30 / 60 / 90 % absorption (``--absorbed``), SAEBench's full (1,149-word)
+  vocabulary.
 * ``--smollm2``: SmolLM2-135M-Instruct at layer 15, one `standard` SAE (trained here on
   cached activations unless ``--sae`` names a saved one), 100 words per letter.
 
@@ -16,7 +17,7 @@ Run::
     OMP_NUM_THREADS=1 python -m benchmarks.eval_noise --smollm2 --seeds 3 --tokens 204800
 
 Writes ``{out}/{planted,smollm2}.json`` (per SAE: :class:`EvalSpread`, wall time) and
-``{out}/table.md``.
+``{out}/README.md``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import torch
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 from sae_lens import SAE
 
+from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
 from orthosae_plugin.evals.absorption import run_absorption_eval_seeds
 from orthosae_plugin.evals.absorption_report import EvalSpread, format_spread
 from orthosae_plugin.evals.planted import build_planted_model, build_reference_sae
@@ -46,15 +48,15 @@ def machine() -> str:
             f"{os.getloadavg()[0]:.1f} at the start), {torch.get_num_threads()} torch thread(s)")
 
 
-def planted_noise(out: Path, n_seeds: int) -> dict:
+def planted_noise(out: Path, n_seeds: int, absorbed: list[int],
+                  config: AbsorptionEvalConfig) -> dict:
     planted = build_planted_model()
     results = {}
-    for k in (0, 3, 6, 9):
+    for k in absorbed:
         start = time.perf_counter()
         spread = run_absorption_eval_seeds(
             build_reference_sae(planted, k), planted.model, out / "work" / "planted",
-            AbsorptionEvalConfig(), n_seeds=n_seeds, sae_name=f"planted_{k}",
-            show_progress=False)
+            config, n_seeds=n_seeds, sae_name=f"planted_{k}", show_progress=False)
         results[f"planted_{k}"] = {"spread": asdict(spread),
                                    "wall_seconds": round(time.perf_counter() - start, 1)}
         print(format_spread(spread), flush=True)
@@ -64,8 +66,8 @@ def planted_noise(out: Path, n_seeds: int) -> dict:
 def smollm2_noise(out: Path, n_seeds: int, sae_path: Path | None, tokens: int,
                   words_per_letter: int) -> dict:
     from benchmarks.alarm_evidence import train_smollm2
-    from orthosae_plugin.activations import cached_activations
-    from orthosae_plugin.smollm import load_smollm2
+    from orthosae_plugin.smollm2.activations import cached_activations
+    from orthosae_plugin.smollm2.model import load_smollm2
 
     start = time.perf_counter()
     if sae_path is None:
@@ -86,12 +88,12 @@ def smollm2_noise(out: Path, n_seeds: int, sae_path: Path | None, tokens: int,
 
 
 def markdown(sections: dict[str, dict]) -> str:
-    lines = ["# The absorption eval's own noise (eval seeds)", "",
-             "Written by `python -m benchmarks.eval_noise`. One SAE and one model per row; "
-             "only the eval seed changes (vocabulary subsample, 80/20 split, in-context "
-             "examples, probe training). sd: sample standard deviation over the seeds.", ""]
+    lines = []
     for section, data in sections.items():
-        lines += [f"## {section} ({data['meta']['machine']}; command `{data['meta']['command']}`)",
+        config = data["meta"].get("config", {})
+        lines += [f"## {section} (`{data['meta']['command']}`; {data['meta']['machine']}; "
+                  f"{minutes(data['meta']['wall_seconds'])}; max k {config.get('max_k_value')}, "
+                  f"{config.get('k_sparse_probe_num_epochs')} k-sparse epochs)",
                   "", "| SAE | seeds | verdicts | " + " | ".join(
                       f"{m} mean ± sd [min, max]" for m in METRICS) + " | wall (s) |",
                   "|---" * (4 + len(METRICS)) + "|"]
@@ -115,6 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=204_800,
                         help="training tokens of the SmolLM2 SAE trained here")
     parser.add_argument("--words-per-letter", type=int, default=100)
+    parser.add_argument("--absorbed", type=int, nargs="+", default=[0, 3, 6, 9],
+                        help="planted: reference SAEs with these many of 10 groups absorbed")
+    parser.add_argument("--fast", action="store_true",
+                        help="SAEBench's k-sparse probes up to k = 3, 20 epochs (default: "
+                        "its config, 10 and 50)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/eval_noise"))
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -126,14 +133,34 @@ def main(argv: list[str] | None = None) -> int:
             continue
         meta = {"command": command.strip(), "machine": machine()}
         start = time.perf_counter()
-        results = (planted_noise(args.out, args.seeds) if section == "planted" else
+        config = (AbsorptionEvalConfig(max_k_value=3, k_sparse_probe_num_epochs=20)
+                  if args.fast else AbsorptionEvalConfig())
+        meta["config"] = {"max_k_value": config.max_k_value,
+                          "k_sparse_probe_num_epochs": config.k_sparse_probe_num_epochs}
+        results = (planted_noise(args.out, args.seeds, args.absorbed, config)
+                   if section == "planted" else
                    smollm2_noise(args.out, args.seeds, args.sae, args.tokens,
                                  args.words_per_letter))
         meta["wall_seconds"] = round(time.perf_counter() - start, 1)
         (args.out / f"{section}.json").write_text(
             json.dumps({"meta": meta, "results": results}, indent=1))
     sections = {p.stem: json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))}
-    (args.out / "table.md").write_text(markdown(sections))
+    write_results_readme(args.out, ResultsReadme(
+        title="The absorption eval's own noise (eval seeds)",
+        measures="One SAE and one model per row; only the eval seed changes (vocabulary "
+        "subsample, SAEBench's 80/20 split and in-context examples, ground-truth and "
+        "k-sparse probe training). The spread is what the eval alone adds to a difference "
+        "between two SAEs.",
+        provenance=[(name, f"`{data['meta']['command']}` on {data['meta']['machine']}, "
+                     f"{minutes(data['meta']['wall_seconds'])}") for name, data in sections.items()],
+        table=markdown(sections),
+        caveats=["sd: sample standard deviation over the seeds; with 3-5 seeds it is itself "
+                 "uncertain by roughly +-40 %.",
+                 "The SmolLM2 SAE is a short run (see its row); the spread of a better-trained "
+                 "SAE may differ."],
+        files=[(f"{name}.json", "per SAE: every metric per seed, mean, sd, min, max, "
+                "verdicts, result files") for name in sections],
+        docs="absorption-eval.md"))
     return 0
 
 

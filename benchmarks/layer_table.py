@@ -16,7 +16,7 @@ Run (SmolLM2, offline; ~10-40 min on 2 shared CPU cores at 100 words per letter)
         --words-per-letter 100 --out benchmarks/results/layer_table
 
 Writes ``{out}/layers_wpl{N}.json`` (per layer: per-letter F1, mean, letters passing,
-forward seconds) and ``{out}/table.md`` (every JSON in the folder, one table each).
+forward seconds) and ``{out}/README.md`` (every JSON in the folder, one table each).
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from sae_bench.evals.absorption.vocab import LETTERS, get_alpha_tokens
 from sklearn import metrics
 from transformer_lens import HookedTransformer
 
+from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
 from orthosae_plugin.evals.saebench_fixes import seed_everything, select_words
 
 # load_or_train_probe -> train_and_save_probes defaults (common.py:272-282)
@@ -145,16 +146,12 @@ def measure(model: HookedTransformer, layers: list[int], words_per_letter: int |
 
 
 def markdown(results: list[dict]) -> str:
-    lines = ["# SAEBench's first-letter probe per layer (SmolLM2-135M-Instruct)", "",
-             "Written by `python -m benchmarks.layer_table`. F1: SAEBench's ground-truth probe "
-             "on the test words (logits > 0); passing: letters the absorption eval scores "
-             "(F1 > min_GT_probe_f1); forward: median seconds of a forward over 32 probe "
-             "prompts that stops after the layer (relative cost of reaching it).", ""]
+    lines = []
     for result in results:
         wpl = result["words_per_letter"]
         vocab = "full vocabulary" if wpl is None else f"{wpl} words per letter"
         lines += [f"## {vocab}, seed {result['seed']} ({result['n_train_prompts']} train / "
-                  f"{result['n_test_prompts']} test words; {result['wall_seconds']:.0f} s on "
+                  f"{result['n_test_prompts']} test words; {minutes(result['wall_seconds'])} on "
                   f"{result['machine']})", "",
                   "| layer | mean F1 | min F1 | letters passing | forward (s / 32 prompts) |",
                   "|---|---|---|---|---|"]
@@ -175,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from orthosae_plugin.smollm import load_smollm2
+    from orthosae_plugin.smollm2.model import load_smollm2
 
     model = load_smollm2()
     config = AbsorptionEvalConfig()
@@ -184,10 +181,33 @@ def main(argv: list[str] | None = None) -> int:
                      log=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"layers_wpl{wpl or 'all'}.json").write_text(json.dumps(result, indent=1))
-    results = [json.loads(p.read_text()) for p in sorted(args.out.glob("layers_wpl*.json"))]
-    (args.out / "table.md").write_text(markdown(results))
+    write_readme(args.out, " ".join(["python -m benchmarks.layer_table", *(argv or [])]))
     print(markdown([result]))
     return 0
+
+
+def write_readme(out: Path, command: str) -> Path:
+    """The folder's README from every ``layers_wpl*.json`` in it."""
+    results = [json.loads(p.read_text()) for p in sorted(out.glob("layers_wpl*.json"))]
+    return write_results_readme(out, ResultsReadme(
+        title="SAEBench's first-letter probe per layer (SmolLM2-135M-Instruct)",
+        measures="SAEBench's ground-truth first-letter probe, trained as the absorption eval "
+        "trains it (same seeded words, split, prompts and settings), on the residual stream "
+        "after each layer, from one forward pass per prompt; and the cost of a forward that "
+        "stops after each layer. The absorption metric scores only letters whose probe F1 "
+        "exceeds 0.6, and measures every latent against the probe's direction.",
+        provenance=[("command", f"`{command}`"),
+                    ("machine", "; ".join(sorted({r['machine'] for r in results}))),
+                    ("wall time", ", ".join(minutes(r["wall_seconds"]) for r in results))],
+        table=markdown(results),
+        caveats=["F1: on the test words (20 % of the probed words), logits > 0 as SAEBench's "
+                 "k-sparse probing computes `f1_probe`; one seed.",
+                 "forward: median of 3 forwards over 32 probe prompts on a shared 2-core CPU; "
+                 "read it as relative cost between layers."],
+        files=[(p.name, "per layer: per-letter F1, mean, letters passing, forward seconds")
+               for p in sorted(out.glob("layers_wpl*.json"))],
+        docs="absorption-eval.md",
+        regenerate=None))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from orthosae_plugin.evals.alarm import (
 )
 from orthosae_plugin.evals.planted import (
     LETTERS,
+    PlantedModelConfig,
     build_planted_model,
     build_reference_sae,
     load_planted_words,
@@ -208,6 +209,40 @@ def test_calibration_measures_the_planted_share_of_the_scored_words_and_is_trust
     alarm = get_alarm(output)
     assert alarm.trustworthy, alarm.reasons
     assert alarm.measured["letters_not_carried_by_aligned_latents"] == ""
+
+
+@pytest.mark.parametrize("geometry", [
+    dict(d_model=128, letter_norm=0.5),   # letter weaker than the token part
+    dict(d_model=576, token_norm=2.0),    # wide model, strong tokens: d_sae only 2.1x d_model
+])
+def test_heavy_absorption_is_trusted_and_measured_on_other_geometries_and_random_is_flagged(
+        geometry, tmp_path):
+    # 17 of 20 groups absorbed: 85 %. The weak-letter case was flagged by the aligned-share
+    # rule at the best-of-d_sae level (absorbing decoders mix the letter with their token);
+    # the evidence for every geometry is benchmarks/results/alarm_evidence/.
+    planted = build_planted_model(PlantedModelConfig(n_groups=20, **geometry))
+    output = run_absorption_eval(build_reference_sae(planted, 17), planted.model, tmp_path,
+                                 FAST_CONFIG, sae_name="absorbing", show_progress=False)
+    assert get_alarm(output).trustworthy, get_alarm(output).reasons
+    measured = output.eval_result_metrics.mean.mean_absorption_fraction_score
+    assert abs(measured - planted.planted_absorption_rate(17)) < 0.05
+    d_sae = build_reference_sae(planted, 0).cfg.d_sae
+    random_sae = StandardSAE(StandardSAEConfig(d_in=planted.config.d_model, d_sae=d_sae,
+                                               metadata=SAEMetadata(
+                                                   model_name=planted.config.model_name,
+                                                   hook_name=planted.hook_name)))
+    with torch.no_grad():
+        dec_SD = torch.nn.functional.normalize(
+            torch.randn(d_sae, planted.config.d_model, generator=torch.Generator().manual_seed(0)),
+            dim=1)
+        random_sae.W_dec.copy_(dec_SD)
+        random_sae.W_enc.copy_(dec_SD.T)
+        random_sae.b_enc.zero_()
+    flagged = get_alarm(run_absorption_eval(random_sae, planted.model, tmp_path, FAST_CONFIG,
+                                            sae_name="random", show_progress=False))
+    assert not flagged.trustworthy
+    assert any("carried by no latent aligned" in r for r in flagged.reasons)
+    assert any("no latent among the 3" in r for r in flagged.reasons)
 
 
 def test_results_land_only_in_the_output_folder(reference_runs):

@@ -9,12 +9,12 @@ and at how the SAE was made (:class:`SaeProvenance`), and returns an
 numbers, so every rule is tested on hand-written tables.
 
 The rules must tell "untrained or unrelated" from "trained and absorbs a lot". They are
-calibrated on planted first-letter models of five geometries (``python -m
-benchmarks.alarm_evidence``; every case with its numbers in
-``benchmarks/results/alarm_evidence/table.md``): d_model 64 to 576, d_sae 2x to 19x
-d_model, letter directions weaker, equal and stronger than the token directions, and
-hand-built reference SAEs absorbing 0 to 90 % of each letter's words, against random
-dictionaries, untrained SAEs and short training runs.
+calibrated on planted first-letter models of four geometries beside the default one
+(``python -m benchmarks.alarm_evidence --geometries``; every case with its numbers in
+``benchmarks/results/alarm_evidence/``): d_model 64 to 576, d_sae 2.1x to 19x d_model,
+letter directions weaker, equal and stronger than the token directions, hand-built
+reference SAEs absorbing 0 to 85 % of each letter's words, against random dictionaries and
+untrained SAEs; and on the default geometry with ``ortho_contrastive`` checkpoints.
 
 Rules, each with its evidence:
 
@@ -23,8 +23,8 @@ Rules, each with its evidence:
   latents whose decoder is aligned with it beyond what ONE random direction reaches
   (cosine above :func:`single_direction_level`: 0.29 at d_model 128, 0.14 at 576). A
   letter latent and the latents that absorb it both carry the letter direction (that is
-  what absorption means), so absorption does not lower it: 0.91-0.99 mean at every
-  planted geometry and rate. Random and untrained dictionaries: 0.00-0.01. Fires when
+  what absorption means), so absorption does not lower it: 0.91-1.00 mean (lowest letter
+  0.67) at every planted geometry and rate. Random and untrained dictionaries: 0.00-0.01. Fires when
   more than half of the scored letters are below ``min_aligned_projection_share`` (0.25).
   It used the level of the best of d_sae random directions before (0.44 at 128 x 1221):
   an absorbing latent's decoder mixes the letter with its token's direction, so with a
@@ -46,8 +46,9 @@ Rules, each with its evidence:
 * **Training length.** Steps are the ones actually trained (:mod:`.steps`). Two rules:
   fewer than ``min_training_steps`` (100) steps, and a run whose own warm-ups
   (``*_warm_up_steps`` in the SAE's training config, and the runner's ``lr_warm_up_steps``)
-  have not finished. The measurement rules above catch the 0-, 4- and 50-step SAEs by
-  themselves; the floor is the backstop for the experiment's failures (0 and 4 steps).
+  have not finished. With the earlier k=1 rule the measurement rules caught the 0-, 4- and
+  50-step SAEs by themselves (``planted.json``; not re-measured with the current rules);
+  the floor is the backstop for the experiment's failures (0 and 4 steps) and flags 50.
   It was 1000: that flags the real SmolLM2 SAEs of issue 9 trained 586 steps (600k tokens
   at batch 1024; EV 0.85, absorption 0.10 and nothing else wrong), a false alarm. The
   300-step checkpoint measures exactly what the finished SAE does (same table row), so
