@@ -397,7 +397,8 @@ def write_evidence_readme(folder: Path) -> Path:
         "geometries (`GEOMETRIES`: d_model 64-576, letter weaker / equal / stronger than the "
         "token part, 20 groups): hand-built reference SAEs absorbing 0-85 % of each letter's "
         "words (must be trusted and measured at the planted share), a random dictionary and "
-        "an untrained SAE of the same width (must be flagged). "
+        "an untrained SAE of the same width (must be flagged); and the default planted "
+        "model with `ortho_contrastive` checkpoints (`steps_N`). "
         "Per case: SAEBench's mean absorption (in brackets the planted share of the scored "
         "letters' test words), the aligned share of each letter's projection (mean / "
         "lowest letter), the best-aligned ranked latent's cosine with the probe (mean / "
@@ -413,8 +414,11 @@ def write_evidence_readme(folder: Path) -> Path:
         caveats=["`--fast`: SAEBench's k-sparse probes up to k = 3 with 20 epochs (its "
                  "default: 10 and 50). The letter-latent rule is then conservative: a letter "
                  "aligned among 3 ranked latents is aligned among 10.",
-                 "`planted.json` (default geometry, with the `ortho_contrastive` "
-                 "checkpoints) and `smollm2.json`: measured with SAEBench's default config "
+                 "`evidence_default.json`: the default planted model (10 groups, d_model "
+                 "128) with reference SAEs at 0-90 %, random dictionaries of 256 and 1211 "
+                 "latents, and `ortho_contrastive` trained as `examples/absorption_eval.py` "
+                 "trains it, saved after 0, 4, 50, 300 and 1200 steps (warm-up 1000).",
+                 "`planted.json` and `smollm2.json`: measured with SAEBench's default config "
                  "before the letter rules changed (their reasons name the old k=1 rule; "
                  "they hold no best-ranked-latent cosines), so they are not in the table.",
                  "d_model 576: its random and untrained cases were not measured (time)."],

@@ -14,7 +14,8 @@ calibrated on planted first-letter models of four geometries beside the default 
 ``benchmarks/results/alarm_evidence/``): d_model 64 to 576, d_sae 2.1x to 19x d_model,
 letter directions weaker, equal and stronger than the token directions, hand-built
 reference SAEs absorbing 0 to 85 % of each letter's words, against random dictionaries and
-untrained SAEs; and on the default geometry with ``ortho_contrastive`` checkpoints.
+untrained SAEs; and on the default geometry (0-90 %) with ``ortho_contrastive``
+checkpoints after 0, 4, 50, 300 and 1200 steps.
 
 Rules, each with its evidence:
 
@@ -36,7 +37,8 @@ Rules, each with its evidence:
   would (:func:`random_alignment_level`). The bound holds for any k (those latents are
   d_sae random directions under the null). It looked at the k=1 latent only before, which
   heavy absorption makes an absorbing latent (mostly token direction) for many letters:
-  that flagged 85 %-absorbing SAEs. Random, untrained and 4-step SAEs: every letter.
+  that flagged 85 %-absorbing SAEs. Random, untrained, 0- and 4-step SAEs: every letter;
+  50 steps: 17 of 26; planted references: at most 1 letter.
 * **Exact zero absorption with one split feature everywhere** is believed only with
   near-perfect letter latents (mean k=1 F1 >= 0.9: the clean reference, the 300- and
   1200-step SAEs); with weaker latents it is what an untrained SAE gives.
@@ -46,9 +48,9 @@ Rules, each with its evidence:
 * **Training length.** Steps are the ones actually trained (:mod:`.steps`). Two rules:
   fewer than ``min_training_steps`` (100) steps, and a run whose own warm-ups
   (``*_warm_up_steps`` in the SAE's training config, and the runner's ``lr_warm_up_steps``)
-  have not finished. With the earlier k=1 rule the measurement rules caught the 0-, 4- and
-  50-step SAEs by themselves (``planted.json``; not re-measured with the current rules);
-  the floor is the backstop for the experiment's failures (0 and 4 steps) and flags 50.
+  have not finished. The measurement rules catch the 0-, 4- and 50-step SAEs by
+  themselves (``evidence_default.json``: at 50 steps 17 of 26 letters have no aligned
+  ranked latent); the floor is the backstop for the experiment's failures (0 and 4 steps).
   It was 1000: that flags the real SmolLM2 SAEs of issue 9 trained 586 steps (600k tokens
   at batch 1024; EV 0.85, absorption 0.10 and nothing else wrong), a false alarm. The
   300-step checkpoint measures exactly what the finished SAE does (same table row), so
