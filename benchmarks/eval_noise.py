@@ -102,7 +102,9 @@ def markdown(sections: dict[str, dict]) -> str:
             cells = [f"{spread.metrics[m].mean:.4f} ± {spread.metrics[m].std:.4f} "
                      f"[{spread.metrics[m].min:.4f}, {spread.metrics[m].max:.4f}]" for m in METRICS]
             verdicts = ", ".join(f"{spread.verdicts.count(v)} {v}" for v in sorted(set(spread.verdicts)))
-            lines.append(f"| {name} | {spread.seeds[0]}..{spread.seeds[-1]} | {verdicts} | "
+            if spread.failed_seeds:
+                verdicts += f"; seeds {sorted(spread.failed_seeds)}: nothing to score"
+            lines.append(f"| {name} | {', '.join(map(str, spread.seeds))} | {verdicts} | "
                          + " | ".join(cells) + f" | {row['wall_seconds']:.0f} |")
         lines.append("")
     return "\n".join(lines)

@@ -873,3 +873,28 @@ def test_eval_seeds_must_be_a_positive_integer(planted, tmp_path, bad):
     with pytest.raises(ValueError, match="n_seeds"):
         run_absorption_eval_seeds(untrained_sae(planted), planted.model, tmp_path,
                                   n_seeds=bad, show_progress=False)
+
+
+def test_a_seed_with_nothing_to_score_is_recorded_and_left_out_of_the_spread(
+        planted, tmp_path, monkeypatch):
+    from orthosae_plugin.evals import absorption as module
+
+    original = module.run_absorption_eval
+
+    def second_seed_fails(*args, seed, **kwargs):
+        if seed == 8:
+            raise AbsorptionEvalError("letters ['u'] have no test words")
+        return original(*args, seed=seed, **kwargs)
+
+    monkeypatch.setattr(module, "run_absorption_eval", second_seed_fails)
+    spread = run_absorption_eval_seeds(build_reference_sae(planted, 3), planted.model, tmp_path,
+                                       FAST_CONFIG, n_seeds=2, seed=7, words_per_letter=30,
+                                       show_progress=False)
+    assert spread.seeds == [7] and list(spread.failed_seeds) == [8]
+    assert "no test words" in spread.failed_seeds[8]
+    assert spread.metrics["mean_absorption_fraction_score"].std == 0.0
+    monkeypatch.setattr(module, "run_absorption_eval", lambda *a, **k: second_seed_fails(
+        *a, **{**k, "seed": 8}))
+    with pytest.raises(AbsorptionEvalError, match="no eval seed gave a result"):
+        run_absorption_eval_seeds(build_reference_sae(planted, 3), planted.model, tmp_path,
+                                  FAST_CONFIG, n_seeds=2, show_progress=False)

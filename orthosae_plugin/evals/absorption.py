@@ -288,7 +288,9 @@ def run_absorption_eval_seeds(
     Each seed draws every seeded part again (vocabulary subsample, 80/20 split, in-context
     examples, ground-truth and k-sparse probes), so the spread is the measurement's own
     noise on this SAE; a difference between two SAEs smaller than about twice it is not
-    resolved. Each seed costs one eval, ground-truth probe included (its forwards do not
+    resolved. A seed whose eval has nothing to score (:class:`AbsorptionEvalError`, e.g. a
+    letter left without test words by its split) is recorded in ``failed_seeds`` and left
+    out of the spread; when every seed fails, that error is raised. Each seed costs one eval, ground-truth probe included (its forwards do not
     carry over: the prompts differ). Results: ``{sae_name}-seed{S}`` per seed (as
     :func:`run_absorption_eval` writes them) and ``{sae_name}_orthosae_eval_seeds.json``
     (the returned :class:`EvalSpread`). Other keyword arguments go to
@@ -304,11 +306,18 @@ def run_absorption_eval_seeds(
         sae_name = (Path(sae).name if isinstance(sae, (str, Path))
                     else _default_sae_name(sae) if isinstance(sae, SAE) else "sae")
     output_dir = Path(output_dir)
-    seeds = list(range(first, first + n_seeds))
-    outputs = [run_absorption_eval(sae, model, output_dir, config, seed=s,
-                                   sae_name=f"{sae_name}-seed{s}", **kwargs) for s in seeds]
+    seeds, outputs, failed = [], [], {}
+    for s in range(first, first + n_seeds):
+        try:
+            outputs.append(run_absorption_eval(sae, model, output_dir, config, seed=s,
+                                               sae_name=f"{sae_name}-seed{s}", **kwargs))
+            seeds.append(s)
+        except AbsorptionEvalError as error:  # e.g. a letter without test words
+            failed[s] = str(error)
+    if not outputs:
+        raise AbsorptionEvalError(f"no eval seed gave a result: {failed}")
     files = [str(result_path(output_dir, o.sae_lens_release_id)) for o in outputs]
-    spread = EvalSpread.of(sae_name, seeds, outputs, files)
+    spread = EvalSpread.of(sae_name, seeds, outputs, files, failed)
     (output_dir / f"{sae_name}_{EVAL_SEEDS_KEY}.json").write_text(
         json.dumps(asdict(spread), indent=1))
     return spread

@@ -201,28 +201,35 @@ class EvalSpread:
     """The alarm's verdict per seed."""
     result_files: list[str] = field(default_factory=list)
     """Each seed's result JSON (SAEBench's schema)."""
+    failed_seeds: dict[int, str] = field(default_factory=dict)
+    """Seeds whose eval had nothing to score, with the reason; not in the spread."""
 
     @classmethod
     def of(cls, sae_name: str, seeds: list[int], outputs: list[AbsorptionEvalOutput],
-           result_files: list[str] | None = None) -> EvalSpread:
+           result_files: list[str] | None = None,
+           failed_seeds: dict[int, str] | None = None) -> EvalSpread:
         metrics = {name: MetricSpread.of([float(getattr(o.eval_result_metrics.mean, name))
                                           for o in outputs]) for name in SPREAD_METRICS}
         metrics["n_letters_scored"] = MetricSpread.of(
             [float(len(o.eval_result_details)) for o in outputs])
         return cls(sae_name, list(seeds), metrics, [get_alarm(o).verdict for o in outputs],
-                   list(result_files or []))
+                   list(result_files or []), dict(failed_seeds or {}))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EvalSpread:
         metrics = {k: MetricSpread(**v) for k, v in data["metrics"].items()}
-        return cls(**{**data, "metrics": metrics})
+        failed = {int(k): v for k, v in data.get("failed_seeds", {}).items()}
+        return cls(**{**data, "metrics": metrics, "failed_seeds": failed})
 
 
 def format_spread(spread: EvalSpread) -> str:
     """The eval seeds' spread as a small table."""
+    failed = (f"; failed (nothing to score, left out): {sorted(spread.failed_seeds)}"
+              if spread.failed_seeds else "")
     lines = [f"{spread.sae_name}: {len(spread.seeds)} eval seeds ({spread.seeds[0]}.."
              f"{spread.seeds[-1]}); verdicts: "
-             + ", ".join(f"{spread.verdicts.count(v)} {v}" for v in sorted(set(spread.verdicts))),
+             + ", ".join(f"{spread.verdicts.count(v)} {v}" for v in sorted(set(spread.verdicts)))
+             + failed,
              f"{'metric':<36} {'mean':>8} {'sd':>8} {'min':>8} {'max':>8}"]
     for name, m in spread.metrics.items():
         lines.append(f"{name:<36} {m.mean:8.4f} {m.std:8.4f} {m.min:8.4f} {m.max:8.4f}")
