@@ -289,7 +289,7 @@ def test_k_sparse_probes_start_from_the_same_random_state_whether_the_probe_was_
 ):
     # Training the ground-truth probe draws random numbers, loading it does not; an SAE's
     # scores must not depend on which happened (on SmolLM2 one SAE scored 0.055 and 0.047).
-    from orthosae_plugin.evals import absorption as module
+    from orthosae_plugin.evals import absorption_eval as module
 
     states = []
     original = module.run_k_sparse_probing_experiment
@@ -877,7 +877,7 @@ def test_eval_seeds_must_be_a_positive_integer(planted, tmp_path, bad):
 
 def test_a_seed_with_nothing_to_score_is_recorded_and_left_out_of_the_spread(
         planted, tmp_path, monkeypatch):
-    from orthosae_plugin.evals import absorption as module
+    from orthosae_plugin.evals import absorption_eval as module
 
     original = module.run_absorption_eval
 

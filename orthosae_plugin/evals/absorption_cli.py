@@ -1,6 +1,6 @@
 """``orthosae-absorption``: the absorption eval on a saved SAE, from the command line.
 
-The library it runs is :mod:`orthosae_plugin.evals.absorption`.
+The library it runs is :mod:`orthosae_plugin.evals.absorption_eval`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from sae_bench.evals.absorption.eval_config import AbsorptionEvalConfig
 
-from orthosae_plugin.evals.absorption import (
+from orthosae_plugin.evals.absorption_eval import (
     AbsorptionEvalError,
     result_path,
     run_absorption_eval,

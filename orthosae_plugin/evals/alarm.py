@@ -205,7 +205,7 @@ def assess_result(
     `per_letter` has one row per letter with columns ``letter, gt_probe_f1, k1_probe_f1,
     k1_decoder_probe_cos, best_decoder_probe_cos`` and, for the letters SAEBench scored, ``mean_absorption_fraction,
     full_absorption_rate, num_split_features`` (NaN elsewhere), as
-    ``orthosae_plugin.evals.absorption.per_letter_table`` builds it.
+    ``orthosae_plugin.evals.letters.per_letter_table`` builds it.
     """
     th = thresholds or AlarmThresholds()
     reasons: list[str] = []

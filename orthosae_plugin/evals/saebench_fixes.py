@@ -2,7 +2,7 @@
 
 Every function here names the upstream file and line it works around (paths relative to
 ``sae_bench/evals/absorption/`` unless given), so a reader can see what goes when SAEBench
-fixes it. :mod:`orthosae_plugin.evals.absorption` runs SAEBench's own building blocks with
+fixes it. :mod:`orthosae_plugin.evals.absorption_eval` runs SAEBench's own building blocks with
 these applied; nothing here changes what SAEBench measures, only where it reads, writes
 and how long it takes:
 
