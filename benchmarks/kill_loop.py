@@ -355,10 +355,10 @@ def results_readme(results: dict[str, Any], baseline: dict[str, Any] | None) -> 
             "`no save after kill` is a path without `cfg.json`: a kill during the per-file renames into a folder "
             "holding a user's file, or between the two renames of the fallback; never a mixed save. The next save "
             "restores or completes it (`missing after next save`).",
-            "The baseline runs SAELens's own checkpoint save and the previous `saving.py`, with fewer kills.",
-        ],
-        files=[("results.json", "every kill of this version: its moment, what was found, the resume's error if any"),
-               ("baseline.json", "the same for the code before (if present)")],
+        ] + (["The baseline runs SAELens's own checkpoint save and the previous `saving.py`."] if baseline else
+             ["No baseline run is committed (`--baseline` measures the code before these guarantees)."]),
+        files=[("results.json", "every kill of this version: its moment, what was found, the resume's error if any")]
+        + ([("baseline.json", "the same for the code before")] if baseline else []),
         docs="saving-and-resuming.md",
         regenerate="python -m benchmarks.kill_loop --readme benchmarks/results/kill_loop",
     )
