@@ -18,7 +18,7 @@ Run::
 
     OMP_NUM_THREADS=1 python -m benchmarks.alarm_evidence --out runs/alarm_evidence
 
-Real model (``--smollm2 SAE_FOLDER ...``): SmolLM2-135M-Instruct (issue 9), 100 words per
+Real model (``--smollm2 SAE_FOLDER ...``): SmolLM2-135M-Instruct, 100 words per
 letter, the given saved SAEs plus an untrained SAE and a random dictionary of the first
 one's shape; ``--probes-from DIR`` copies an existing ``probes/`` cache (the ground-truth
 probe costs minutes of forward passes on a CPU).
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="saved SAEs on SmolLM2 to evaluate (instead of the planted cases)")
     parser.add_argument("--smollm2-train", type=Path, default=None,
                         help="a SmolLM2 activation cache (orthosae_plugin.smollm2.activations): first "
-                        "train a standard SAE on it as issue 9 did (d_sae 2304, l1 5, lr 1e-3, "
+                        "train a standard SAE on it as the earlier 600k-token runs did (d_sae 2304, l1 5, lr 1e-3, "
                         "batch 1024, 600k tokens = 585 steps; no activation "
                         "normalisation), and add it to --smollm2")
     parser.add_argument("--probes-from", type=Path, default=None,
@@ -466,7 +466,7 @@ def evidence_table(folder: Path) -> str:
 
 def train_smollm2(out: Path, activations: Path, tokens: int = 600_000,
                   checkpoints: tuple[int, ...] = ()) -> list[Path]:
-    """Issue 9's `standard` SAE on SmolLM2 layer 15 through SAELens's runner, with SAELens
+    """The earlier runs' `standard` SAE on SmolLM2 layer 15 through SAELens's runner, with SAELens
     training checkpoints after `checkpoints` steps; returns [checkpoints..., final]."""
     from sae_lens import StandardTrainingSAEConfig
 

@@ -148,7 +148,7 @@ def run_absorption_eval(
         device: defaults to the model's device.
         words_per_letter: probe a seeded subsample of at most this many words per first
             letter (seeded by the eval seed) instead of SAEBench's full alphabetic
-            vocabulary (None, the default). For real vocabularies: 100 is what issue 9
+            vocabulary (None, the default). For real vocabularies: 100 is what earlier runs
             measured to keep the ground-truth probe (F1 0.80 mean on SmolLM2, 25/26
             letters > 0.6); 40 was too few. Recorded in the output
             (``eval_result_unstructured["orthosae_vocabulary"]``) and in the summary.

@@ -51,7 +51,7 @@ Rules, each with its evidence:
   have not finished. The measurement rules catch the 0-, 4- and 50-step SAEs by
   themselves (``evidence_default.json``: at 50 steps 17 of 26 letters have no aligned
   ranked latent); the floor is the backstop for the experiment's failures (0 and 4 steps).
-  It was 1000: that flags the real SmolLM2 SAEs of issue 9 trained 586 steps (600k tokens
+  It was 1000: that flags the earlier real SmolLM2 SAEs (docs/real-model.md) trained 586 steps (600k tokens
   at batch 1024; EV 0.85, absorption 0.10 and nothing else wrong), a false alarm. The
   300-step checkpoint measures exactly what the finished SAE does (same table row), so
   no measurement can flag it; what is wrong with it is that its contrastive term was 30 %
