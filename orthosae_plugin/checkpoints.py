@@ -15,6 +15,9 @@ SAEs it is given a test for:
   missing or unreadable file, naming the newest whole checkpoint beside it
   (:func:`check_checkpoint`), then a checkpoint trained with other settings
   (:func:`check_resumed_settings`).
+
+The config's rule for ``resume_allow_changes`` (:func:`check_resume_allow_changes`) is here
+too, beside the lists of settings it is checked against.
 """
 
 from __future__ import annotations
@@ -40,6 +43,7 @@ from sae_lens.constants import (
 from sae_lens.training.sae_trainer import SAETrainer
 
 from orthosae_plugin.saving import recover, write_folder_atomically
+from orthosae_plugin.validation import closest_name, invalid, type_note
 
 # Written by every SAETrainer checkpoint.
 TRAINER_FILES = (SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME, SPARSITY_FILENAME, TRAINER_STATE_FILENAME, ACTIVATION_SCALER_CFG_FILENAME)
@@ -245,3 +249,25 @@ def check_resumed_settings(cfg: Any, folder: Path) -> None:
         )
     raise ValueError(" ".join(lines))
 
+
+def check_resume_allow_changes(cfg: Any) -> None:
+    """The config's own rule for ``resume_allow_changes``: a list of the names of settings
+    that a resume compares (not a shape setting, which no resume may change). Stored as
+    a list."""
+    names = getattr(cfg, RESUME_OPT_IN)
+    if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
+        raise invalid(RESUME_OPT_IN, names, f"it must be a list of setting names{type_note(names)}")
+    valid = [f.name for f in fields(cfg) if f.name not in FREE_SETTINGS]
+    for name in names:
+        if name in SHAPE_SETTINGS:
+            raise invalid(
+                RESUME_OPT_IN, names,
+                f"{name!r} changes the SAE's parameter shapes, so a checkpoint trained with "
+                "another value cannot be resumed at all",
+            )
+        if name not in valid:
+            raise invalid(
+                RESUME_OPT_IN, names,
+                f"{name!r} is not a setting that a resume compares{closest_name(name, valid)}",
+            )
+    setattr(cfg, RESUME_OPT_IN, list(names))

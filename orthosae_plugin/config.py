@@ -11,66 +11,50 @@ names the field, the value and the rule::
     ortho_coefficient='1000' is invalid: it must be a finite number >= 0 (a loss coefficient), not a str
 
 The choices of each ``Literal`` field are read from its annotation, and the defaults
-from the fields, so that both are written once. The run's budget and the anneal horizon
-derived from it are checked when training starts (``run_budget.py``).
+from the fields, so that both are written once. The rules of the sparsity bases' own
+fields (which base reads which field; the Matryoshka widths and pair scope) are in
+``bases.py``; what ``resume_allow_changes`` may name, in ``checkpoints.py``. The run's
+budget and the anneal horizon derived from it are checked when training starts
+(``run_budget.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Literal, get_args, get_origin, get_type_hints
 
 import torch
 from sae_lens.constants import DTYPE_MAP
-from sae_lens.saes.jumprelu_sae import JumpReLUSAEConfig
 from sae_lens.saes.sae import SAEConfig
-from sae_lens.saes.standard_sae import StandardSAEConfig, StandardTrainingSAEConfig
-from sae_lens.saes.topk_sae import TopKSAEConfig
+from sae_lens.saes.standard_sae import StandardTrainingSAEConfig
 from typing_extensions import override
 
-from orthosae_plugin.checkpoints import FREE_SETTINGS, SHAPE_SETTINGS
+# The bases' names (SPARSITY_BASES, BATCH_THRESHOLD_BASES, BASES_READING_FIELD,
+# MATRYOSHKA_FIELDS, check_sparsity_base, ...) stay importable from here too.
+from orthosae_plugin.bases import (
+    BASES_READING_FIELD,
+    BATCH_THRESHOLD_BASES,
+    INFERENCE_CONFIG_PER_BASE,
+    MATRYOSHKA_FIELDS,
+    SPARSITY_BASES,
+    MatryoshkaOrthoPairs,
+    SparsityBase,
+    check_base_fields,
+    check_matryoshka_fields,
+    check_sparsity_base,
+)
+from orthosae_plugin.checkpoints import check_resume_allow_changes
 from orthosae_plugin.validation import (
     check_bool,
     check_choice,
     check_integer,
     check_real,
-    closest_name,
+    field_defaults,
     invalid,
-    is_real,
     type_note,
 )
 
 ARCHITECTURE = "ortho_contrastive"
-
-SparsityBase = Literal["relu_l1", "topk", "batchtopk", "matryoshka_batchtopk"]
-SPARSITY_BASES: tuple[str, ...] = get_args(SparsityBase)
-
-# Bases with SAELens's running BatchTopK threshold (saved as the JumpReLU threshold).
-BATCH_THRESHOLD_BASES = ("batchtopk", "matryoshka_batchtopk")
-
-# The inference config each base saves as: SAELens's own choice for its `standard`,
-# `topk` and `batchtopk` training classes.
-INFERENCE_CONFIG_PER_BASE: dict[str, type[SAEConfig]] = {
-    "relu_l1": StandardSAEConfig,
-    "topk": TopKSAEConfig,
-    "batchtopk": JumpReLUSAEConfig,
-    "matryoshka_batchtopk": JumpReLUSAEConfig,
-}
-
-# Fields that only some bases read. Under any other base they must keep their default,
-# so that e.g. `k=4` without `sparsity_base="topk"` is refused rather than silently
-# training a ReLU + L1 SAE.
-BASES_READING_FIELD: dict[str, tuple[str, ...]] = {
-    "l1_coefficient": ("relu_l1",),
-    "lp_norm": ("relu_l1",),
-    "l1_warm_up_steps": ("relu_l1",),
-    "k": ("topk", "batchtopk", "matryoshka_batchtopk"),
-    "aux_loss_coefficient": ("topk", "batchtopk", "matryoshka_batchtopk"),
-    "rescale_acts_by_decoder_norm": ("topk", "batchtopk", "matryoshka_batchtopk"),
-    "use_sparse_activations": ("topk",),
-    "topk_threshold_lr": ("batchtopk", "matryoshka_batchtopk"),
-}
-MATRYOSHKA_FIELDS = ("matryoshka_widths", "use_matryoshka_aux_loss", "matryoshka_ortho_pairs")
 
 # SAELens's annotation of normalize_activations leaves out 'constant_norm_rescale', which
 # its own __post_init__ accepts: these are the values that its __post_init__ allows.
@@ -153,7 +137,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
     """matryoshka_batchtopk only: each prefix group's dead latents reconstruct the error
     of their own level rather than the whole SAE's (SAELens's option; slower)."""
 
-    matryoshka_ortho_pairs: Literal["all", "within_groups", "across_groups"] = "all"
+    matryoshka_ortho_pairs: MatryoshkaOrthoPairs = "all"
     """matryoshka_batchtopk only: which decoder pairs the ortho term penalises. 'all'
     (default): every pair of the dictionary, as on the other bases. 'within_groups': only
     pairs of latents added by the same prefix level (``[w_{i-1}, w_i)``); 'across_groups':
@@ -304,9 +288,9 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
         self._check_saelens_fields()
         self._check_ortho_fields()
         self._check_contrastive_fields()
-        self._check_base_fields()
-        self._check_matryoshka_fields()
-        self._check_resume_opt_in()
+        check_base_fields(self)
+        check_matryoshka_fields(self)
+        check_resume_allow_changes(self)
         if self.sparsity_base == "topk":
             self.k = int(self.k)  # torch.topk and the saved `topk` config need an int
         super().__post_init__()
@@ -316,6 +300,7 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
         return INFERENCE_CONFIG_PER_BASE[self.sparsity_base]
 
     # --- the rules: each raises a ValueError naming the field, the value and the rule --
+    # (those of the bases' fields are in bases.py; resume_allow_changes's in checkpoints.py)
 
     def _check_saelens_fields(self) -> None:
         """Fields that SAELens's own configs declare but do not type-check."""
@@ -396,106 +381,8 @@ class OrthoContrastiveTrainingSAEConfig(StandardTrainingSAEConfig):
         )
         check_integer(self, "projection_seed", 0, "in [0, 2**32)", maximum=MAX_PROJECTION_SEED)
 
-    def _check_base_fields(self) -> None:
-        """The sparsity base and the fields of the bases."""
-        base = self.sparsity_base
-        check_sparsity_base(base)
-        check_real(self, "l1_coefficient", ">= 0 (a loss coefficient)", 0.0)
-        check_real(self, "lp_norm", "> 0 (p of the sparsity penalty's p-norm)", 0.0, low_open=True)
-        check_integer(self, "l1_warm_up_steps", 0, ">= 0")
-        check_real(self, "aux_loss_coefficient", ">= 0 (a loss coefficient)", 0.0)
-        check_bool(self, "rescale_acts_by_decoder_norm")
-        check_bool(self, "use_sparse_activations")
-        check_real(self, "topk_threshold_lr", "in (0, 1]", 0.0, 1.0, low_open=True)
-        if not is_real(self.k):
-            raise invalid("k", self.k, f"it must be a finite number with 0 < k <= d_sae={self.d_sae}")
-        for name, bases in BASES_READING_FIELD.items():
-            self._check_read_by_base(name, bases)
-        if base == "relu_l1":
-            return
-        if not 0 < self.k <= self.d_sae:
-            raise invalid("k", self.k, f"it must satisfy 0 < k <= d_sae={self.d_sae}")
-        if base == "topk" and self.k != int(self.k):
-            raise invalid("k", self.k, "sparsity_base='topk' keeps a whole number of latents per input")
-        if self.aux_loss_coefficient > 0 and self.normalize_activations in ("constant_norm_rescale", "layer_norm"):
-            # SAELens raises this only once a latent dies, possibly hours into the run.
-            raise invalid(
-                "normalize_activations", self.normalize_activations,
-                f"SAELens's TopK auxiliary loss (sparsity_base={base!r}, aux_loss_coefficient="
-                f"{self.aux_loss_coefficient}) does not support it; use 'none', "
-                "'expected_average_only_in' or 'covariance_whitening', or aux_loss_coefficient=0",
-            )
 
-    def _check_matryoshka_fields(self) -> None:
-        """The fields only ``sparsity_base='matryoshka_batchtopk'`` reads. SAELens checks
-        the widths only when it builds the SAE; here they are checked with the config."""
-        check_bool(self, "use_matryoshka_aux_loss")
-        if self.sparsity_base != "matryoshka_batchtopk":
-            for name in MATRYOSHKA_FIELDS:
-                self._check_read_by_base(name, ("matryoshka_batchtopk",))
-            return
-        widths = self.matryoshka_widths
-        if not isinstance(widths, (list, tuple)):
-            raise invalid("matryoshka_widths", widths, f"it must be a list of increasing widths{type_note(widths)}")
-        if not widths:
-            n = self.d_sae
-            raise invalid("matryoshka_widths", widths, "sparsity_base='matryoshka_batchtopk' needs the "
-                          f"nested prefix widths, e.g. [{n // 8}, {n // 4}, {n // 2}, {n}]")
-        if any(not isinstance(w, int) or isinstance(w, bool) or w <= 0 for w in widths):
-            raise invalid("matryoshka_widths", widths, "the widths must be positive integers")
-        if any(a >= b for a, b in zip(widths, widths[1:])) or widths[-1] > self.d_sae:
-            raise invalid("matryoshka_widths", widths,
-                          f"the widths must be strictly increasing and at most d_sae={self.d_sae}")
-        pairs = self.matryoshka_ortho_pairs
-        check_choice(self, "matryoshka_ortho_pairs", CHOICES["matryoshka_ortho_pairs"], "values")
-        if pairs != "all" and self.ortho_mode in ("chunked", "ortsae"):
-            raise invalid(
-                "matryoshka_ortho_pairs", pairs,
-                f"ortho_mode={self.ortho_mode!r} penalises random chunks of the whole dictionary; use "
-                "'exact' or 'close_pairs', or matryoshka_ortho_pairs='all'",
-            )
-        if pairs != "all" and self.ortho_overfull_chunks > 1:
-            raise invalid(
-                "matryoshka_ortho_pairs", pairs,
-                f"ortho_overfull_chunks={self.ortho_overfull_chunks} estimates the term on random "
-                "chunks of the whole dictionary; use ortho_overfull_chunks=1, or matryoshka_ortho_pairs='all'",
-            )
-
-    def _check_resume_opt_in(self) -> None:
-        names = self.resume_allow_changes
-        if not isinstance(names, (list, tuple)) or not all(isinstance(name, str) for name in names):
-            raise invalid("resume_allow_changes", names, f"it must be a list of setting names{type_note(names)}")
-        valid = [f.name for f in fields(self) if f.name not in FREE_SETTINGS]
-        for name in names:
-            if name in SHAPE_SETTINGS:
-                raise invalid(
-                    "resume_allow_changes", names,
-                    f"{name!r} changes the SAE's parameter shapes, so a checkpoint trained with "
-                    "another value cannot be resumed at all",
-                )
-            if name not in valid:
-                raise invalid(
-                    "resume_allow_changes", names,
-                    f"{name!r} is not a setting that a resume compares{closest_name(name, valid)}",
-                )
-        self.resume_allow_changes = list(names)
-
-    def _check_read_by_base(self, name: str, bases: tuple[str, ...]) -> None:
-        """A field that only ``bases`` read keeps its default under any other base."""
-        value, default = getattr(self, name), DEFAULTS[name]
-        if self.sparsity_base not in bases and value != default:
-            raise invalid(
-                name, value,
-                f"only sparsity_base={' or '.join(map(repr, bases))} reads it, and "
-                f"sparsity_base={self.sparsity_base!r}; set sparsity_base, or leave {name} at its "
-                f"default {default!r}",
-            )
-
-
-DEFAULTS: dict[str, Any] = {
-    f.name: f.default_factory() if f.default_factory is not MISSING else f.default
-    for f in fields(OrthoContrastiveTrainingSAEConfig)
-}
+DEFAULTS: dict[str, Any] = field_defaults(OrthoContrastiveTrainingSAEConfig)
 """Each field's default, read from the dataclass (the rules compare with these)."""
 
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -505,7 +392,3 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 """The allowed values of each ``Literal`` field, read from its annotation."""
 
-
-def check_sparsity_base(base: Any) -> None:
-    if not isinstance(base, str) or base not in SPARSITY_BASES:
-        raise invalid("sparsity_base", base, f"allowed bases are {', '.join(SPARSITY_BASES)}")

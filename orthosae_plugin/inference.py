@@ -19,7 +19,8 @@ from sae_lens.saes.standard_sae import StandardSAE
 from sae_lens.saes.topk_sae import TopKSAE, _fold_norm_topk
 from typing_extensions import override
 
-from orthosae_plugin.config import ARCHITECTURE, SparsityBase, check_sparsity_base
+from orthosae_plugin.bases import SparsityBase, check_sparsity_base
+from orthosae_plugin.config import ARCHITECTURE
 
 # State-dict keys that exist only for training and are dropped from the inference model.
 TRAINING_ONLY_BUFFERS = ("projection", "n_steps_trained")

@@ -6,7 +6,8 @@ an annealed decoder-orthogonality penalty (``ortho_loss``) and a projected
 self-contrastive loss (``contrastive_loss``); saved as the base's plain SAELens inference
 form. The method is described in docs/method.md. The code, by concept:
 
-- ``config.py``: the training config, each field documented, with its rules;
+- ``config.py``: the training config, each field documented, with its rules
+  (``bases.py``: the sparsity bases and the rules of their fields);
 - ``run_budget.py``: the run's budget and the anneal horizon, and the SAELens hooks that
   see them;
 - ``ortho_term.py``: the orthogonality term as an object (threshold schedule, modes,

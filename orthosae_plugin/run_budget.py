@@ -38,7 +38,8 @@ from sae_lens.multi_sae_training_runner import MultiSAETrainingRunnerConfig
 from sae_lens.synthetic.synthetic_sae_runner import SyntheticSAERunnerConfig
 from sae_lens.training.sae_trainer import SAETrainer
 
-from orthosae_plugin.config import ARCHITECTURE, BATCH_THRESHOLD_BASES, OrthoContrastiveTrainingSAEConfig
+from orthosae_plugin.bases import BATCH_THRESHOLD_BASES
+from orthosae_plugin.config import ARCHITECTURE, OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.validation import invalid, is_integer
 
 # Largest weight that BatchTopK's running threshold may still give its zero start at the

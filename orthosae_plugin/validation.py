@@ -4,7 +4,9 @@ the value and the rule::
     ortho_coefficient='1000' is invalid: it must be a finite number >= 0 (a loss coefficient), not a str
 
 The rules of the ``ortho_contrastive`` config that use them sit beside its fields
-(``config.py``); those of the run's budget in ``run_budget.py``.
+(``config.py``), those of the sparsity bases' fields in ``bases.py``, that of
+``resume_allow_changes`` in ``checkpoints.py``; those of the run's budget in
+``run_budget.py``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from __future__ import annotations
 import difflib
 import math
 import numbers
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from typing import Any
 
 
@@ -89,6 +91,14 @@ def check_real(
         raise invalid(field, value, f"it must be {full_rule}")
     if type(value) not in (int, float):
         setattr(cfg, field, float(value))
+
+
+def field_defaults(cfg_class: type) -> dict[str, Any]:
+    """Each field's default, read from the dataclass ``cfg_class``."""
+    return {
+        f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+        for f in fields(cfg_class)
+    }
 
 
 def check_bool(cfg: Any, field: str) -> None:

@@ -1,5 +1,6 @@
 """The package's import graph: every module imports, no module imports itself back through
-others, and ``import orthosae_plugin`` loads nothing beyond what it needs to register.
+others, and ``import orthosae_plugin`` loads nothing beyond what it needs to register. And
+its modules stay a readable size (one concept per file).
 
 The graph is read from the sources with ``ast``: every ``import`` statement in a module,
 including those inside functions (a lazy import closes a circle as surely as a top-level one,
@@ -141,6 +142,15 @@ def test_no_module_of_the_package_is_part_of_an_import_circle():
     assert len(graph) > 20 and "orthosae_plugin.smollm2.model" in graph
     cycles = find_cycles(graph)
     assert cycles == [], "import circles: " + " | ".join(_describe(c, graph) for c in cycles)
+
+
+# Lines a module of the package may have: one concept per file, readable top to bottom.
+MAX_MODULE_LINES = 450
+
+
+def test_no_module_of_the_package_is_over_the_size_bound():
+    sizes = {name: len(path.read_text().splitlines()) for name, path in module_files().items()}
+    assert {name: n for name, n in sizes.items() if n > MAX_MODULE_LINES} == {}
 
 
 def _run(code: str) -> str:
