@@ -177,17 +177,29 @@ class BenchConfig:
     the variance), which would otherwise own the MSE and the explained variance."""
     seed: int = 0
     device: str = "cpu"
+    cache_tokens: int | None = None
+    """Activations cached and read, as one stream shuffled with ``seed``; a budget above it
+    replays the stream (``training_tokens / cache_tokens`` epochs), a budget below it reads
+    the stream's start. None: the budget itself (no replay)."""
 
     @property
     def steps(self) -> int:
         return self.training_tokens // self.batch_size
 
+    @property
+    def epochs(self) -> float:
+        """Passes over the cached activations."""
+        return self.training_tokens / (self.cache_tokens or self.training_tokens)
+
     def key(self) -> str:
-        """Fingerprint of everything a run depends on except its arm and setting (one eval
-        seed, the default, keeps the fingerprint runs had before ``eval_seeds`` existed)."""
+        """Fingerprint of everything a run depends on except its arm and setting (fields at
+        the defaults they were added with, one eval seed and no cache size, keep the
+        fingerprint runs had before those fields existed)."""
         fields = asdict(self)
         if fields["eval_seeds"] == 1:
             del fields["eval_seeds"]
+        if fields["cache_tokens"] is None:
+            del fields["cache_tokens"]
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -542,8 +554,9 @@ def training_activations(source: Source, bench: BenchConfig) -> tuple[torch.Tens
     """The activations every run trains on, in the order every run sees them: the
     source's, less the massive-activation tokens (norm above ``max_norm_ratio`` x the
     median), shuffled with the bench's seed. Returns them, that norm and how many were
-    left out. (The budget stays ``bench.training_tokens``: the stream wraps around.)"""
-    acts_ND = source.train_activations(bench.training_tokens)
+    left out. (The budget stays ``bench.training_tokens``: the stream wraps around.)
+    With ``bench.cache_tokens`` set, the stream is the same for every budget."""
+    acts_ND = source.train_activations(bench.cache_tokens or bench.training_tokens)
     norms_N = acts_ND.norm(dim=-1)
     max_norm = bench.max_norm_ratio * norms_N.median().item()
     sinks = norms_N > max_norm
@@ -557,9 +570,12 @@ def run_grid(
     make_source: Callable[[BenchConfig], Source], on_run: Callable[[list[RunResult]], None] | None = None,
     log: Callable[[str], None] = lambda message: print(message, file=sys.stderr, flush=True),
     data: str = "",
+    forward_memo: dict[Any, Any] | None = None,
 ) -> list[RunResult]:
     """Train and evaluate every planned (arm, setting); a saved run with the same
-    settings is loaded instead. ``on_run`` gets the results so far after each new run."""
+    settings is loaded instead. ``on_run`` gets the results so far after each new run.
+    ``forward_memo``: SAEBench's model forwards, shared with other grids on the same
+    model and layer (default: this grid's own)."""
     runs_dir.mkdir(parents=True, exist_ok=True)
     results: list[RunResult] = []
     todo: list[tuple[Arm, float]] = []
@@ -587,7 +603,7 @@ def run_grid(
     log(f"held-out eval ready in {time.perf_counter() - start:.0f} s: {heldout.n_evaluated:,} positions, "
         f"{heldout.n_excluded_sinks} massive-activation tokens left out; CE clean {heldout.clean:.3f}, "
         f"zero-ablated {heldout.zero:.3f}")
-    forward_memo: dict[Any, Any] = {}  # SAEBench's model forwards, run once for every SAE
+    forward_memo = {} if forward_memo is None else forward_memo  # SAEBench's forwards, once for every SAE
     for i, (arm, value) in enumerate(todo, 1):
         start = time.perf_counter()
         result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir, forward_memo)
@@ -671,6 +687,12 @@ COLUMNS = (
 )
 
 
+def replay_note(bench: BenchConfig) -> str:
+    if bench.cache_tokens is None or bench.cache_tokens >= bench.training_tokens:
+        return ""
+    return f"; {bench.epochs:.2g} passes over {bench.cache_tokens:,} cached tokens"
+
+
 def _cell(value: float, digits: int) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
@@ -696,7 +718,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         "",
         f"Model and data: {meta['source']}.  ",
         f"Every SAE: d_sae {bench.d_sae}, {bench.training_tokens:,} tokens ({bench.steps} steps of "
-        f"{bench.batch_size}), lr {bench.lr:g} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
+        f"{bench.batch_size}{replay_note(bench)}), lr {bench.lr:g} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
         f"`expected_average_only_in` normalisation, seed {bench.seed} (one seed: no error bars); "
         f"`ortho_contrastive` at its defaults except `contrastive_warm_up_steps` "
         f"{bench.contrastive_warm_up_steps}.  ",
@@ -855,6 +877,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tokens", type=int, help="training tokens per SAE (overrides the preset)")
     parser.add_argument("--d-sae", type=int, help="latents (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="training batch in tokens (overrides the preset)")
+    parser.add_argument("--lr", type=float, help="learning rate (overrides the preset)")
+    parser.add_argument("--layer", type=int, help="SmolLM2 layer whose hook_resid_post the SAEs read "
+                        "(overrides the preset)")
+    parser.add_argument("--cache-tokens", type=int, help="activations cached and replayed when the "
+                        "budget is larger (default: the budget)")
     parser.add_argument("--eval-seeds", type=int, default=1,
                         help="absorption evals per SAE with eval seeds 42, 43, ...: the table "
                         "shows the eval's own spread (default 1)")
@@ -886,6 +913,9 @@ def bench_from_args(args: argparse.Namespace) -> BenchConfig:
         overrides["batch_size"] = args.batch_size
     if args.eval_seeds != 1:
         overrides["eval_seeds"] = args.eval_seeds
+    for name in ("lr", "layer", "cache_tokens"):
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     return replace(bench, **overrides)
 
 
