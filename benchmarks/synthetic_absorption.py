@@ -765,6 +765,11 @@ def merge_new_arms(
     return merged, [*saved_results, *new_results], wall
 
 
+def merged_meta(saved: dict[str, Any], this: dict[str, Any]) -> dict[str, Any]:
+    """The saved meta (its notes kept) with this invocation appended."""
+    return {**saved, "invocations": [*saved.get("invocations", []), this]}
+
+
 # --- command line -------------------------------------------------------------------
 
 
@@ -837,8 +842,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         bench, results, wall = merge_new_arms(
             args.merge_into, bench, workers=args.workers, threads=args.threads
         )
-        this = invocation(argv, time.perf_counter() - start, args.workers, args.threads)
-        meta = {"invocations": [*saved_meta.get("invocations", []), this]}
+        meta = merged_meta(saved_meta, invocation(argv, time.perf_counter() - start, args.workers, args.threads))
     else:
         results = run_grid(bench, workers=args.workers, threads=args.threads)
         wall = time.perf_counter() - start

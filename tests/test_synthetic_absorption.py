@@ -283,3 +283,10 @@ def test_merging_trains_only_the_missing_arms_and_keeps_the_saved_runs(tmp_path)
 
     with pytest.raises(ValueError, match=r"benchmark settings differ from this command's in \['eval_samples'\]"):
         bench.merge_new_arms(paths["runs"], replace(tiny([new_arm]), eval_samples=256), workers=1)
+
+
+def test_merging_keeps_the_saved_meta_notes_and_appends_the_invocation():
+    saved = {"invocations": [{"command": "a"}], "note": "recorded by hand"}
+    assert bench.merged_meta(saved, {"command": "b"}) == {
+        "invocations": [{"command": "a"}, {"command": "b"}], "note": "recorded by hand"}
+    assert saved["invocations"] == [{"command": "a"}]  # the saved meta is not changed
