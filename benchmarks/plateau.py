@@ -110,6 +110,8 @@ def summary(results: dict[int, list[RunResult]], base: BenchConfig, min_gain: fl
                 **{m: run.metrics[m] for m, _, _ in CURVES}, "train_seconds": run.metrics["train_seconds"],
                 "eval_seconds": run.eval_seconds, "trusted": bool(run.alarm["trustworthy"]),
                 "alarm_reasons": run.alarm.get("reasons", []),
+                "random_alignment_level": run.alarm.get("random_alignment_level"),
+                "letters": run.absorption_letters,
             })
     for arm in arms.values():
         curve = [(b["tokens"], b["explained_variance"]) for b in arm["budgets"]]
@@ -138,8 +140,26 @@ def table(arms: dict[str, Any], min_gain: float) -> str:
             alarm = "trusted" if b["trusted"] else "flagged: " + "; ".join(b["alarm_reasons"])[:160]
             lines.append(f"| {b['tokens']:,} | {b['steps']} | {b['epochs']:.2g} | " + " | ".join(cells)
                          + f" | {alarm} | {b['train_seconds']:.0f} |")
-        lines.append("")
+        lines += ["", *why_flagged(arm["budgets"][-1])]
     return "\n".join(lines)
+
+
+def why_flagged(budget: dict[str, Any]) -> list[str]:
+    """Per letter, what the alarm saw in a flagged run (none for a trusted one)."""
+    letters = {k: v for k, v in sorted(budget["letters"].items()) if "k1_probe_f1" in v}
+    if budget["trusted"] or not letters:
+        return []
+    level = budget.get("random_alignment_level")
+    lines = [f"Flagged at {budget['tokens']:,} tokens; per letter, what the alarm saw (best-aligned latent: the "
+             "closest decoder to the letter's probe among the latents SAEBench ranks"
+             + (f"; chance level {level:.2f}" if level is not None else "") + "):", "",
+             "| letter | ground-truth probe F1 | best single-latent F1 | best-aligned latent cos | aligned share "
+             "| absorption |", "|---|---|---|---|---|---|"]
+    for letter, v in letters.items():
+        absorption = v.get("absorption")
+        lines.append(f"| {letter} | {v['gt_probe_f1']:.2f} | {v['k1_probe_f1']:.2f} | {v['best_latent_cos']:.2f} | "
+                     f"{v['aligned_share']:.2f} | {'-' if absorption is None else f'{absorption:.3f}'} |")
+    return [*lines, ""]
 
 
 def plot_curves(arms: dict[str, Any], out: Path) -> list[Path]:

@@ -492,9 +492,12 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
         scores = (mean.mean_absorption_fraction_score, mean.mean_full_absorption_score,
                   mean.mean_num_split_features)
         verdict_ = {"trustworthy": alarm.trustworthy, "reasons": list(alarm.reasons), "notes": list(alarm.notes),
-                    "vocabulary": (output.eval_result_unstructured or {}).get("orthosae_vocabulary")}
+                    "vocabulary": (output.eval_result_unstructured or {}).get("orthosae_vocabulary"),
+                    "random_alignment_level": alarm.measured.get("random_alignment_level")}
         letters = {d.first_letter: {"absorption": d.mean_absorption_fraction, "full_absorption": d.full_absorption_rate,
                                     "split_features": d.num_split_features} for d in output.eval_result_details}
+        for letter, why in alarm_letters(alarm.measured).items():  # what the alarm saw, per letter
+            letters.setdefault(letter, {}).update(why)
     else:
         scores = (math.nan, math.nan, math.nan)
         verdict_ = {"trustworthy": False, "reasons": [f"the eval failed: {failure}"], "notes": [], "vocabulary": None}
@@ -522,6 +525,18 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
         bench_key=bench.key(),
         sae_config=sae.cfg.to_dict(),
     )
+
+
+def alarm_letters(measured: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per letter, what the alarm looked at: the ground-truth probe's F1, the best single
+    latent's probe F1, the best-aligned ranked latent's decoder cosine with the probe and
+    the share of the letter's projection carried by aligned latents."""
+    f1 = measured.get("per_letter_probe_f1", {})
+    cos = measured.get("per_letter_best_latent_cos", {})
+    share = measured.get("per_letter_aligned_projection_share", {})
+    return {letter: {"gt_probe_f1": f1[letter][0], "k1_probe_f1": f1[letter][1],
+                     "best_latent_cos": cos.get(letter, math.nan), "aligned_share": share.get(letter, math.nan)}
+            for letter in f1}
 
 
 # --- the grid, resumable -------------------------------------------------------------

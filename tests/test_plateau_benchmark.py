@@ -52,8 +52,11 @@ def fake_run(trained):
         metrics = dict.fromkeys(bench.METRICS, 0.1) | {"explained_variance": ev, "l0": 30.0, "train_seconds": 1.0}
         return bench.RunResult(arm=arm.name, architecture=arm.architecture, sparsity_field=arm.sparsity_field,
                                sparsity=sparsity, seed=0, metrics=metrics,
-                               alarm={"trustworthy": bench_config.steps > 8, "reasons": ["too few steps"]},
-                               absorption_letters={}, eval_seconds=1.0, bench_key=bench_config.key(),
+                               alarm={"trustworthy": bench_config.steps > 16, "reasons": ["too few steps"],
+                                      "random_alignment_level": 0.21},
+                               absorption_letters={"a": {"absorption": 0.5, "gt_probe_f1": 0.9, "k1_probe_f1": 0.2,
+                                                         "best_latent_cos": 0.1, "aligned_share": 0.05}},
+                               eval_seconds=1.0, bench_key=bench_config.key(),
                                sae_config={})
 
     return run_one
@@ -71,7 +74,7 @@ def test_budgets_train_separately_on_one_replayed_stream_then_resume(tmp_path, m
     assert [(b["tokens"], b["steps"], b["epochs"]) for b in curve] == [(2048, 8, 1.0), (4096, 16, 2.0)]
     assert [t[:2] for t in trained] == [(2048, 8), (4096, 16)]  # a run (and schedule) per budget
     assert trained[0][2] == trained[1][2]  # the same stream of cached tokens, replayed by the larger
-    assert [b["trusted"] for b in curve] == [False, True]
+    assert [b["trusted"] for b in curve] == [False, False]
     assert saved["arms"]["standard"]["plateau_tokens"] is None  # EV 0.875 -> 0.9375 still gains
     assert saved["arms"]["standard"]["setting"] == "l1_coefficient=1"
     runs = sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out" / "runs").rglob("*.json"))
@@ -79,6 +82,7 @@ def test_budgets_train_separately_on_one_replayed_stream_then_resume(tmp_path, m
     readme = paths["readme"].read_text()
     assert "### standard (l1_coefficient=1)" in readme and "| 4,096 | 16 | 2 | 0.938 (+0.062) |" in readme
     assert "flagged: too few steps" in readme and "not reached by 4,096 tokens" in readme
+    assert "chance level 0.21" in readme and "| a | 0.90 | 0.20 | 0.10 | 0.05 | 0.500 |" in readme
     assert all(paths[f"{m}_vs_tokens"].exists() for m, _, _ in plateau.CURVES)
 
     def no_training(_):

@@ -52,7 +52,10 @@ def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
         assert set(bench.METRICS) <= set(r.metrics)
         assert all(math.isfinite(v) for v in r.metrics.values())
         assert 0 <= r.metrics["absorption"] <= 1 and r.metrics["l0"] > 0
-        assert {"trustworthy", "reasons", "notes"} <= set(r.alarm)
+        assert {"trustworthy", "reasons", "notes", "random_alignment_level"} <= set(r.alarm)
+        assert len(r.absorption_letters) == 26  # what the alarm saw, per letter
+        assert all({"gt_probe_f1", "k1_probe_f1", "best_latent_cos", "aligned_share"} <= set(v)
+                   for v in r.absorption_letters.values())
         assert r.sae_config["architecture"] == "standard"  # the plugin-free inference SAE
     assert results[0].metrics["l0"] > results[1].metrics["l0"]  # more L1, fewer latents
 
