@@ -14,7 +14,7 @@ than ``--plateau-ev`` (0.01) per doubling.
 Run (resumable: each finished run is saved at once and skipped on restart)::
 
     python -m benchmarks.plateau --arms standard batchtopk "oc relu: both" \\
-        --budgets 262144 524288 1048576 2097152 --batch-size 1024 --cache-tokens 1048576
+        --budgets 262144 524288 1048576 2097152 --batch-size 1024 --cache-tokens 524288
     python -m benchmarks.plateau --from-runs      # re-tabulate, train nothing
 
 Writes, under ``--out`` (default ``benchmarks/results/real_model/plateau``):
@@ -271,7 +271,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--batch-size", type=int, default=1024)
     parser.add_argument("--lr", type=float, default=None, help="default: the real-model preset's")
     parser.add_argument("--layer", type=int, default=None, help="default: the real-model preset's")
-    parser.add_argument("--cache-tokens", type=int, default=1_048_576)
+    parser.add_argument("--cache-tokens", type=int, default=524_288,
+                        help="activations cached; larger budgets replay them (default 524,288)")
     parser.add_argument("--plateau-ev", type=float, default=0.01,
                         help="EV gain per doubling below which the curve has plateaued")
     parser.add_argument("--source", choices=sorted(real_model.SOURCES), default="smollm2")
