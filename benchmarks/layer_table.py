@@ -23,8 +23,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
+import shlex
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -43,6 +46,11 @@ from transformer_lens import HookedTransformer
 
 from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
 from orthosae_plugin.evals.saebench_fixes import seed_everything, select_words
+
+NEAR_BEST_F1 = 0.02
+"""Mean-F1 difference read as a tie. An estimate, not measured: at 100 words per letter each
+letter's F1 rests on ~20 test words (one word moves it by ~0.03-0.05), and the mean over 26
+letters of one seed is uncertain by roughly 0.01-0.02."""
 
 # load_or_train_probe -> train_and_save_probes defaults (common.py:272-282)
 PROBE_BATCH_SIZE = 64
@@ -158,7 +166,12 @@ def markdown(results: list[dict]) -> str:
         for layer, row in sorted(result["layers"].items(), key=lambda kv: int(kv[0])):
             lines.append(f"| {layer} | {row['mean_f1']:.3f} | {row['min_f1']:.3f} | "
                          f"{row['letters_passing']}/26 | {row['forward_seconds_32_prompts']:.2f} |")
-        lines.append("")
+        rows = result["layers"]
+        best = max(rows, key=lambda layer: rows[layer]["mean_f1"])
+        close = sorted((int(layer) for layer in rows
+                        if rows[best]["mean_f1"] - rows[layer]["mean_f1"] <= NEAR_BEST_F1), key=int)
+        lines += ["", f"Best mean F1: layer {best} ({rows[best]['mean_f1']:.3f}); within {NEAR_BEST_F1} of it: "
+                  f"layers {', '.join(map(str, close))}.", ""]
     return "\n".join(lines)
 
 
@@ -172,6 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_at_start = os.getloadavg()[0]
     from orthosae_plugin.smollm2.model import load_smollm2
 
     model = load_smollm2()
@@ -180,15 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(model, sorted(args.layers), wpl, args.seed, config,
                      log=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
+    result["command"] = shlex.join(["python", "-m", "benchmarks.layer_table",
+                                    *(sys.argv[1:] if argv is None else argv)])
+    result["machine"] += f", load average {load_at_start:.1f} at the start (2 CPU cores)"
     (args.out / f"layers_wpl{wpl or 'all'}.json").write_text(json.dumps(result, indent=1))
-    write_readme(args.out, " ".join(["python -m benchmarks.layer_table", *(argv or [])]))
+    write_readme(args.out)
     print(markdown([result]))
     return 0
 
 
-def write_readme(out: Path, command: str) -> Path:
+def write_readme(out: Path) -> Path:
     """The folder's README from every ``layers_wpl*.json`` in it."""
     results = [json.loads(p.read_text()) for p in sorted(out.glob("layers_wpl*.json"))]
+    command = "; ".join(f"`{r.get('command', 'python -m benchmarks.layer_table')}`" for r in results)
     return write_results_readme(out, ResultsReadme(
         title="SAEBench's first-letter probe per layer (SmolLM2-135M-Instruct)",
         measures="SAEBench's ground-truth first-letter probe, trained as the absorption eval "
@@ -196,14 +214,15 @@ def write_readme(out: Path, command: str) -> Path:
         "after each layer, from one forward pass per prompt; and the cost of a forward that "
         "stops after each layer. The absorption metric scores only letters whose probe F1 "
         "exceeds 0.6, and measures every latent against the probe's direction.",
-        provenance=[("command", f"`{command}`"),
+        provenance=[("command", command),
                     ("machine", "; ".join(sorted({r['machine'] for r in results}))),
                     ("wall time", ", ".join(minutes(r["wall_seconds"]) for r in results))],
         table=markdown(results),
         caveats=["F1: on the test words (20 % of the probed words), logits > 0 as SAEBench's "
                  "k-sparse probing computes `f1_probe`; one seed.",
                  "forward: median of 3 forwards over 32 probe prompts on a shared 2-core CPU; "
-                 "read it as relative cost between layers."],
+                 "read it as relative cost between layers; under load it is noisy (a forward's "
+                 "arithmetic grows in proportion to the layer index)."],
         files=[(p.name, "per layer: per-letter F1, mean, letters passing, forward seconds")
                for p in sorted(out.glob("layers_wpl*.json"))],
         docs="absorption-eval.md",
