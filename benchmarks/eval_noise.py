@@ -106,6 +106,11 @@ def markdown(sections: dict[str, dict]) -> str:
                 verdicts += f"; seeds {sorted(spread.failed_seeds)}: nothing to score"
             lines.append(f"| {name} | {', '.join(map(str, spread.seeds))} | {verdicts} | "
                          + " | ".join(cells) + f" | {row['wall_seconds']:.0f} |")
+        lines += ["", *[f"`{name}`: SAELens `standard` (d_sae 2304, l1 5, lr 1e-3, batch 1024) trained "
+                        f"here on {row['training_tokens']:,} tokens of layer 15 in {row['train_seconds']:.0f} s "
+                        "(caching its activations included), "
+                        f"scored at {row['words_per_letter']} words per letter."
+                        for name, row in data["results"].items() if "training_tokens" in row]]
         lines.append("")
     return "\n".join(lines)
 
@@ -146,8 +151,14 @@ def main(argv: list[str] | None = None) -> int:
         meta["wall_seconds"] = round(time.perf_counter() - start, 1)
         (args.out / f"{section}.json").write_text(
             json.dumps({"meta": meta, "results": results}, indent=1))
-    sections = {p.stem: json.loads(p.read_text()) for p in sorted(args.out.glob("*.json"))}
-    write_results_readme(args.out, ResultsReadme(
+    write_readme(args.out)
+    return 0
+
+
+def write_readme(out: Path) -> Path:
+    """The folder's README from every section's JSON in it."""
+    sections = {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
+    return write_results_readme(out, ResultsReadme(
         title="The absorption eval's own noise (eval seeds)",
         measures="One SAE and one model per row; only the eval seed changes (vocabulary "
         "subsample, SAEBench's 80/20 split and in-context examples, ground-truth and "
@@ -158,12 +169,14 @@ def main(argv: list[str] | None = None) -> int:
         table=markdown(sections),
         caveats=["sd: sample standard deviation over the seeds; with 3-5 seeds it is itself "
                  "uncertain by roughly +-40 %.",
-                 "The SmolLM2 SAE is a short run (see its row); the spread of a better-trained "
-                 "SAE may differ."],
+                 "The SmolLM2 SAE is a short run (200 steps; see its line): the alarm flags it at "
+                 "every seed, so its absorption is not a result to quote. What the row gives is the "
+                 "eval's own spread on a fixed SAE; a better-trained SAE's may differ.",
+                 "SAEBench's full vocabulary (47,078 words on SmolLM2, ~4.1M prompt tokens of "
+                 "forward passes per eval seed) is not measured on this CPU."],
         files=[(f"{name}.json", "per SAE: every metric per seed, mean, sd, min, max, "
                 "verdicts, result files") for name in sections],
         docs="absorption-eval.md"))
-    return 0
 
 
 if __name__ == "__main__":
