@@ -41,3 +41,23 @@ def smollm2_activations(smollm2):
     from orthosae_plugin.smollm2.activations import cached_activations
 
     return cached_activations(SMOLLM2_TEST_HOOK, n_tokens=SMOLLM2_TEST_TOKENS, model=smollm2)
+
+
+@pytest.fixture(scope="session")
+def plugin_free_python():
+    """One Python process that never imports the plugin, shared by the tests that load saved
+    SAEs without it (``helpers.PluginFreePython``)."""
+    from helpers import PluginFreePython
+
+    worker = PluginFreePython()
+    yield worker
+    worker.close()
+
+
+@pytest.fixture(scope="session")
+def run_without_the_extra(tmp_path_factory):
+    """A Python without the ``[smollm2]`` extra that ran the absorption example and tried the
+    real-model code, once for the session (``fixtures.light_install``)."""
+    from fixtures.light_install import run_without_the_extra as run
+
+    return run(tmp_path_factory.mktemp("without-the-extra"))

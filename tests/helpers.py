@@ -1,7 +1,12 @@
-"""Scaffolding shared by the test files: tiny configs, step inputs, batches and toy runs."""
+"""Scaffolding shared by the test files: tiny configs, step inputs, batches and toy runs,
+and one Python process that never imports the plugin."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
@@ -87,3 +92,63 @@ def runner_cfg(sae_cfg: Any, **kwargs: Any) -> LanguageModelSAERunnerConfig:
         logger=LoggingConfig(log_to_wandb=False), verbose=False, checkpoint_path=None,
     )
     return LanguageModelSAERunnerConfig(sae=sae_cfg, **{**defaults, **kwargs})
+
+
+# The plugin-free process: reads one JSON-encoded script per line, runs it in a fresh
+# namespace with its prints captured, and answers one marked JSON line.
+_PLUGIN_FREE_WORKER = r"""
+import contextlib, io, json, sys, traceback
+from sae_lens import SAE  # noqa: F401  (imported once, for every script)
+for line in sys.stdin:
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            exec(json.loads(line), {"__name__": "__main__"})
+        error = None
+    except BaseException:
+        error = traceback.format_exc()
+    if error is None and any(m.split(".")[0] == "orthosae_plugin" for m in sys.modules):
+        error = "a script imported orthosae_plugin"
+    sys.stdout.write(MARK + json.dumps({"stdout": printed.getvalue(), "error": error}) + "\n")
+    sys.stdout.flush()
+"""
+_MARK = "@@plugin-free-result@@ "
+
+
+class PluginFreePython:
+    """A Python process that never imports the plugin, for the tests that load a saved SAE
+    "without the plugin". Importing SAELens takes seconds, so one process (started at the
+    first script) runs every such test's script, each in a fresh namespace, and fails any
+    script after which a module of the plugin is loaded."""
+
+    def __init__(self) -> None:
+        self._process: subprocess.Popen[str] | None = None
+        self._reader = ThreadPoolExecutor(max_workers=1)
+
+    def run(self, script: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run ``script``; returncode 0 and what it printed, or 1 and its traceback as stderr."""
+        if self._process is None or self._process.poll() is not None:
+            self._process = subprocess.Popen(
+                [sys.executable, "-c", f"MARK = {_MARK!r}\n" + _PLUGIN_FREE_WORKER],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        process = self._process
+        assert process.stdin is not None and process.stdout is not None
+        process.stdin.write(json.dumps(script) + "\n")
+        process.stdin.flush()
+
+        def answer() -> dict[str, Any]:
+            for line in process.stdout:  # lines a library wrote to the real stdout are skipped
+                if line.startswith(_MARK):
+                    return json.loads(line[len(_MARK):])
+            return {"stdout": "", "error": f"the plugin-free process ended (exit status {process.wait()})"}
+
+        result = self._reader.submit(answer).result(timeout=timeout)
+        return subprocess.CompletedProcess(["plugin-free python"], 0 if result["error"] is None else 1,
+                                           result["stdout"], result["error"] or "")
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            assert self._process.stdin is not None
+            self._process.stdin.close()
+            self._process.wait(timeout=60)
+        self._reader.shutdown()

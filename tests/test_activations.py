@@ -1,8 +1,6 @@
 """SmolLM2 activations cached once with SAELens; an SAE trains on them and loads without the plugin."""
 
 import json
-import subprocess
-import sys
 
 import torch
 from datasets import load_from_disk
@@ -48,7 +46,7 @@ def test_the_cache_holds_positions_1_to_127_of_training_rows(smollm2, smollm2_ac
 
 
 def test_an_sae_trains_on_cached_activations_for_the_full_budget_and_loads_without_the_plugin(
-    smollm2, smollm2_activations, tmp_path
+    smollm2, smollm2_activations, tmp_path, plugin_free_python
 ):
     sae_cfg = OrthoContrastiveTrainingSAEConfig(d_in=576, d_sae=1152, l1_coefficient=5.0, contrastive_warm_up_steps=10)
     cfg = smollm2_runner_config(sae_cfg, smollm2_activations, training_tokens=SMOLLM2_TEST_TOKENS,
@@ -65,7 +63,7 @@ def test_an_sae_trains_on_cached_activations_for_the_full_budget_and_loads_witho
         "print(json.dumps([sae.cfg.architecture(), sae.cfg.d_sae, sae.cfg.metadata.model_name, "
         "sae.cfg.metadata.hook_name]))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    result = plugin_free_python.run(code)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [
         "standard", 1152, SMOLLM2_MODEL_NAME, SMOLLM2_TEST_HOOK]

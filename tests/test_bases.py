@@ -6,7 +6,6 @@ file, test_matryoshka_base.py.)"""
 
 import copy
 import json
-import subprocess
 import sys
 import textwrap
 from dataclasses import MISSING, fields
@@ -396,8 +395,8 @@ def test_runner_trains_each_topk_base_for_the_whole_budget_with_both_terms(train
         assert 2 <= l0.mean().item() <= 8  # the JumpReLU threshold keeps L0 near k = 4
 
 
-def test_saved_models_load_without_the_plugin_in_each_base_inference_form(trained_by_runner, tmp_path):
-    """One subprocess (importing SAELens takes seconds) loads every base's saved model."""
+def test_saved_models_load_without_the_plugin_in_each_base_inference_form(trained_by_runner, tmp_path, plugin_free_python):
+    """One plugin-free process (importing SAELens takes seconds) loads every base's saved model."""
     relu = perturb(OrthoContrastiveTrainingSAE(build_cfg("relu_l1")))
     relu.n_steps_trained.fill_(7)
     relu.save_inference_model(tmp_path / "relu_l1")
@@ -436,7 +435,7 @@ def test_saved_models_load_without_the_plugin_in_each_base_inference_form(traine
             print(base, type(sae).__name__, sae.cfg.architecture(), sae.cfg.metadata.training_steps)
         assert "orthosae_plugin" not in sys.modules
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = plugin_free_python.run(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[:3] == [
         "relu_l1 StandardSAE standard 7",

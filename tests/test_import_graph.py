@@ -162,22 +162,6 @@ def _run(code: str) -> str:
     return result.stdout
 
 
-def test_every_module_imports_in_a_fresh_interpreter():
-    names = [name for name in module_files() if not name.endswith("__main__")]  # that one runs its command
-    failed = json.loads(_run(
-        "import importlib, json, sys, warnings\n"
-        "warnings.simplefilter('ignore', FutureWarning)  # the moved modules' aliases say they moved\n"
-        "failed = {}\n"
-        f"for name in {names!r}:\n"
-        "    try:\n"
-        "        importlib.import_module(name)\n"
-        "    except Exception as error:\n"
-        "        failed[name] = f'{type(error).__name__}: {error}'\n"
-        "print(json.dumps(failed))\n"
-    ).splitlines()[-1])
-    assert failed == {}
-
-
 # What `import orthosae_plugin` may add to what `import sae_lens` (which it needs) loads already:
 # none of SAEBench, the model stack (transformers, TransformerLens, datasets) beyond SAELens's own,
 # the offline readers of the [smollm2] extra, or the package's real-model and eval code.
@@ -185,14 +169,35 @@ NOT_ON_IMPORT = ("sae_bench", "transformers", "transformer_lens", "datasets", "g
                  "orthosae_plugin.smollm2", "orthosae_plugin.evals")
 
 
-def test_importing_the_package_loads_only_what_registration_needs():
-    added = json.loads(_run(
-        "import json, sys\n"
+@pytest.fixture(scope="module")
+def fresh_interpreter():
+    """One fresh interpreter (starting one costs seconds) measures, in this order, what
+    ``import orthosae_plugin`` adds after ``import sae_lens``, then imports every module of
+    the package and records each failure."""
+    names = [name for name in module_files() if not name.endswith("__main__")]  # that one runs its command
+    return json.loads(_run(
+        "import importlib, json, sys, warnings\n"
         "import sae_lens\n"
         "before = set(sys.modules)\n"
         "import orthosae_plugin\n"
-        "print(json.dumps(sorted(set(sys.modules) - before)))\n"
+        "added = sorted(set(sys.modules) - before)\n"
+        "warnings.simplefilter('ignore', FutureWarning)  # the moved modules' aliases say they moved\n"
+        "failed = {}\n"
+        f"for name in {names!r}:\n"
+        "    try:\n"
+        "        importlib.import_module(name)\n"
+        "    except Exception as error:\n"
+        "        failed[name] = f'{type(error).__name__}: {error}'\n"
+        "print(json.dumps({'added': added, 'failed': failed}))\n"
     ).splitlines()[-1])
+
+
+def test_every_module_imports_in_a_fresh_interpreter(fresh_interpreter):
+    assert fresh_interpreter["failed"] == {}
+
+
+def test_importing_the_package_loads_only_what_registration_needs(fresh_interpreter):
+    added = fresh_interpreter["added"]
     assert "orthosae_plugin.registration" in added  # the measurement sees the package's own modules
     unexpected = [m for m in added if any(m == p or m.startswith(p + ".") for p in NOT_ON_IMPORT)]
     assert unexpected == []

@@ -6,8 +6,6 @@ open as JumpReLU; the runner trains it, and the saved model loads without the pl
 
 import copy
 import json
-import subprocess
-import sys
 import textwrap
 from dataclasses import MISSING, fields
 
@@ -317,7 +315,7 @@ RUN_SAE = {
 }
 
 
-def test_runner_trains_it_and_the_saved_model_loads_without_the_plugin(tmp_path):
+def test_runner_trains_it_and_the_saved_model_loads_without_the_plugin(tmp_path, plugin_free_python):
     setup = ToySetup(**RUN_SETUP, sae_kwargs=RUN_SAE)
     path = tmp_path / "sae"
     cfg = tiny_runner_config(setup, training_tokens=BATCH * STEPS, train_batch_size_tokens=BATCH, output_path=str(path))
@@ -350,6 +348,6 @@ def test_runner_trains_it_and_the_saved_model_loads_without_the_plugin(tmp_path)
         print(type(sae).__name__, sae.cfg.architecture(), sae.cfg.metadata.training_steps)
         assert "orthosae_plugin" not in sys.modules
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = plugin_free_python.run(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split("\n")[0] == f"JumpReLUSAE jumprelu {STEPS}"

@@ -1,8 +1,6 @@
 """End to end through SAELens's LanguageModelSAETrainingRunner on a tiny local model."""
 
 import json
-import subprocess
-import sys
 import textwrap
 
 import pytest
@@ -55,7 +53,7 @@ def held_out_mse(sae, model, n_seq=16):
     return (sae(x) - x).pow(2).sum(-1).mean().item()
 
 
-def test_runner_trains_for_the_whole_budget_and_saves_a_plugin_free_standard_sae(tmp_path, monkeypatch):
+def test_runner_trains_for_the_whole_budget_and_saves_a_plugin_free_standard_sae(tmp_path, monkeypatch, plugin_free_python):
     seen = record_steps(monkeypatch)
     cfg = tiny_runner_config(SETUP, training_tokens=BATCH * STEPS, train_batch_size_tokens=BATCH,
                              output_path=str(tmp_path / "sae"))
@@ -71,7 +69,7 @@ def test_runner_trains_for_the_whole_budget_and_saves_a_plugin_free_standard_sae
     mse_after = held_out_mse(sae, runner.model)
     assert mse_after < 0.5 * mse_before
 
-    # The saved SAE loads as `standard` in a process that never imports the plugin.
+    # The saved SAE loads as `standard` in a process that never imports the plugin (one per session).
     x = torch.randn(8, SETUP.d_model)
     with torch.no_grad():
         save_file({"x": x, "acts": sae.encode(x), "out": sae(x)}, tmp_path / "expected.safetensors")
@@ -88,7 +86,7 @@ def test_runner_trains_for_the_whole_budget_and_saves_a_plugin_free_standard_sae
         torch.testing.assert_close(sae(t["x"]), t["out"])
         print(sae.cfg.architecture(), sae.cfg.metadata.training_steps)
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    result = plugin_free_python.run(script)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["standard", str(STEPS)]
     saved = json.loads((tmp_path / "sae" / "cfg.json").read_text())
