@@ -40,8 +40,14 @@ from orthosae_plugin.orthogonality import decoder_pair_stats  # noqa: E402
 from orthosae_plugin.smollm2.model import load_smollm2  # noqa: E402
 
 DEFAULT_LAYER = 15
-DEFAULT_TOKENS = 196_608  # activations cached: 192 batches of 1024 (the model's forward is the slow part)
-DEFAULT_EPOCHS = 3  # passes over them: 576 steps (a training step costs ~1/6 of caching its tokens)
+DEFAULT_TOKENS = 97_536  # activations cached: 3 whole shards of the cache (the model's forward is the slow part)
+DEFAULT_EPOCHS = 5  # passes over them: 476 steps of 1024 (a step costs ~1/6 of caching its tokens)
+ORTHO_THRESHOLD_END = 0.1
+"""The end of the ortho threshold's anneal: 2.4 / sqrt(576), what the package's
+``ThresholdBelowChanceWarning`` recommends for SmolLM2's d_in = 576. The config's default,
+0.05, is set for d_in = 2304 (Gemma-2-2B: 2.4 / 48); at d_in = 576 random directions
+already reach |cos| 1 / sqrt(576) ~ 0.042, so 0.05 would penalise most decoder pairs rather
+than near-duplicate latents."""
 DEFAULT_L1 = 3.0
 DEFAULT_LR = 1e-3
 DEFAULT_NORMALIZE = "expected_average_only_in"
@@ -92,13 +98,13 @@ def run_demo(out: Path, tokens: int = DEFAULT_TOKENS, layer: int = DEFAULT_LAYER
     info = cache_info(activations)
     clock["activations"] = time.perf_counter()
 
-    training_tokens = tokens * epochs
-    steps = training_tokens // batch_size
+    steps = tokens * epochs // batch_size
+    training_tokens = steps * batch_size  # whole batches: SAELens would train a last, partial one as a step
     sae_cfg = OrthoContrastiveTrainingSAEConfig(
         d_in=model.cfg.d_model, d_sae=d_sae, l1_coefficient=l1_coefficient,
         # the default warm-up (1000 steps) is longer than a CPU demo; a third of the run
         contrastive_warm_up_steps=max(1, steps // 3) if warm_up_steps is None else warm_up_steps,
-        normalize_activations=normalize_activations,
+        normalize_activations=normalize_activations, ortho_threshold_end=ORTHO_THRESHOLD_END,
     )
     cfg = smollm2_runner_config(sae_cfg, activations, training_tokens=training_tokens, lr=lr,
                                 train_batch_size_tokens=batch_size, output_path=str(out / "sae"),
