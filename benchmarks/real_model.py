@@ -646,7 +646,7 @@ def run_grid(
 def ordered(results: list[RunResult], arms: Sequence[Arm]) -> list[RunResult]:
     """Runs in arm order, each arm's in sweep order (what the interpolation expects)."""
     rank = {(a.name, v): (i, j) for i, a in enumerate(arms) for j, v in enumerate(a.sparsity_values)}
-    return sorted(results, key=lambda r: rank.get((r.arm, r.sparsity), (len(arms), r.sparsity)))
+    return sorted(results, key=lambda r: (*rank.get((r.arm, r.sparsity), (len(arms), r.sparsity)), r.seed))
 
 
 def verdict(results: list[RunResult], target_l0: float, arms: Sequence[Arm]) -> list[str]:
@@ -716,6 +716,19 @@ def _cell(value: float, digits: int) -> str:
     return "n/a" if math.isnan(value) else f"{value:.{digits}f}"
 
 
+def _stat_cell(stat: tuple[float, float, int], digits: int) -> str:
+    """The mean, with ± the sd over training seeds when more than one reaches the L0."""
+    mean, sd, n = stat
+    return _cell(mean, digits) + (f" ± {sd:.{digits}f}" if n > 1 and not math.isnan(mean) else "")
+
+
+def seeds_note(results: list[RunResult]) -> str:
+    seeds = sorted({r.seed for r in results})
+    if len(seeds) == 1:
+        return f"seed {seeds[0]} (one seed: no error bars)"
+    return f"training seeds {', '.join(map(str, seeds))} (matched-L0 values: mean ± sd over the seeds)"
+
+
 def eval_noise_line(results: list[RunResult], bench: BenchConfig) -> list[str]:
     """With ``eval_seeds`` > 1: the absorption eval's own spread, beside the arms' differences."""
     sds = [r.metrics["absorption_eval_sd"] for r in results if "absorption_eval_sd" in r.metrics]
@@ -738,7 +751,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         f"Model and data: {meta['source']}.  ",
         f"Every SAE: d_sae {bench.d_sae}, {bench.training_tokens:,} tokens ({bench.steps} steps of "
         f"{bench.batch_size}{replay_note(bench)}), lr {bench.lr:g} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
-        f"`expected_average_only_in` normalisation, seed {bench.seed} (one seed: no error bars); "
+        f"`expected_average_only_in` normalisation, {seeds_note(results)}; "
         f"`ortho_contrastive` at its defaults except `contrastive_warm_up_steps` "
         f"{bench.contrastive_warm_up_steps}.  ",
         f"Absorption: SAEBench first letter, "
@@ -768,7 +781,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
             "|" + "---|" * (len(COLUMNS) + 1),
         ]
         for arm, stats in matched.items():
-            lines.append(f"| {arm} | " + " | ".join(_cell(stats[m][0], d) for m, _, d in COLUMNS) + " |")
+            lines.append(f"| {arm} | " + " | ".join(_stat_cell(stats[m], d) for m, _, d in COLUMNS) + " |")
     else:
         lines.append("No arm's sweep reaches this L0 (with `--quick`, one setting per arm, none can): "
                      "compare the runs below only with their L0 in view.")
@@ -776,7 +789,8 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
               "|" + "---|" * (len(COLUMNS) + 3)]
     for r in results:
         alarm = "trusted" if r.alarm["trustworthy"] else "FLAGGED"
-        lines.append(f"| {r.arm} | {r.sparsity_field}={r.sparsity:g} | "
+        seed = f", seed {r.seed}" if r.seed else ""
+        lines.append(f"| {r.arm} | {r.sparsity_field}={r.sparsity:g}{seed} | "
                      + " | ".join(_cell(r.metrics[m], d) for m, _, d in COLUMNS) + f" | {alarm} |")
     reasons = sorted({reason for r in results for reason in r.alarm["reasons"]})
     if reasons:
@@ -822,7 +836,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
                  "n/a: the sweep does not reach it). The last column counts the runs whose absorption "
                  "the alarm trusts.", "",
                  f"| arm | {header} | trusted |", "|" + "---|" * (len(COLUMNS) + 2)]
-        table += [f"| {arm} | " + " | ".join(_cell(stats[m][0], d) for m, _, d in COLUMNS)
+        table += [f"| {arm} | " + " | ".join(_stat_cell(stats[m], d) for m, _, d in COLUMNS)
                   + f" | {trusted[arm]} of {total[arm]} |" for arm, stats in matched.items()]
     else:
         table = [f"No arm's sweep reaches L0 {target_l0:g} (one setting per arm): the runs are in `table.md`, "
@@ -830,7 +844,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
     table += ["", "The benchmark's verdict:", "", *verdict(results, target_l0, arms)]
     seeds = sorted({r.seed for r in results})
     caveats = [
-        f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''} (no error bars) and {bench.training_tokens:,} tokens a run "
+        f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ' (no error bars)'} and {bench.training_tokens:,} tokens a run "
         f"({bench.steps} steps): short for SAEs of {bench.d_sae} latents.",
         f"The absorption alarm flagged {flagged} of {len(results)} SAEs (reasons in `results.json`; mostly: in "
         "most letters no latent is aligned with the letter beyond chance): their absorption is shown but not "
@@ -901,6 +915,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         "(overrides the preset)")
     parser.add_argument("--cache-tokens", type=int, help="activations cached and replayed when the "
                         "budget is larger (default: the budget)")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="training seeds 0..N-1 (each draws the SAE's init and the activations' order); "
+                        "the matched-L0 table gives mean ± sd over them (default 1)")
     parser.add_argument("--eval-seeds", type=int, default=1,
                         help="absorption evals per SAE with eval seeds 42, 43, ...: the table "
                         "shows the eval's own spread (default 1)")
@@ -949,9 +966,10 @@ def arms_from_args(args: argparse.Namespace) -> list[Arm]:
 
 
 def runs_folder(out: Path, bench: BenchConfig, args: argparse.Namespace) -> Path:
+    """Seed 0's runs in ``runs/<preset>`` (as before seeds existed), seed s's in ``runs/<preset>-seed<s>``."""
     preset = args.preset or ("gpu" if bench.device.startswith("cuda") else "cpu")
     name = preset if args.source == "smollm2" else f"{args.source}-{preset}"
-    return out / "runs" / name
+    return out / "runs" / (name if bench.seed == 0 else f"{name}-seed{bench.seed}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
@@ -960,6 +978,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         torch.set_num_threads(args.threads)
     bench = bench_from_args(args)
     arms = arms_from_args(args)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds} is invalid: the number of training seeds must be at least 1")
+    benches = [replace(bench, seed=seed) for seed in range(args.seeds)]
     runs_dir = runs_folder(args.out, bench, args)
     if args.work_dir is not None:
         work_dir = args.work_dir
@@ -991,11 +1012,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         previous = args.out / "results.json"
         if previous.exists():  # the training invocation's command, machine and wall time stand
             meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"]}
-        results = [r for r in (load_run(p) for p in sorted(runs_dir.glob("*.json")))
-                   if r.bench_key == bench.key() and r.arm in {a.name for a in arms}]
+        results = [r for b in benches for r in (load_run(p) for p in sorted(runs_folder(args.out, b, args).glob("*.json")))
+                   if r.bench_key == b.key() and r.arm in {a.name for a in arms}]
     else:
-        results = run_grid(bench, arms, args.quick, runs_dir, work_dir, make_source, on_run=write,
-                           data=data_version(args.source))
+        results = []
+        for b in benches:  # seed by seed; SAEBench's probes (work_dir) are shared
+            done = list(results)
+            results = done + run_grid(b, arms, args.quick, runs_folder(args.out, b, args), work_dir, make_source,
+                                      on_run=lambda runs, done=done: write(done + runs),
+                                      data=data_version(args.source))
     if not results:
         raise SystemExit(f"no runs in {runs_dir}")
     paths = write(results)

@@ -96,3 +96,31 @@ def test_quick_verdict_says_l0_is_not_matched():
     lines = bench.verdict(runs, 25.0, bench.ARMS)
     assert "not matched" in lines[0] and "`oc relu: both`" in lines[0]  # the alarm-free run
     assert "flagged 1 of 2" in lines[-1]
+
+
+def test_training_seeds_are_saved_apart_and_tabulated_as_mean_and_sd(tmp_path, monkeypatch):
+    """``--seeds 2``: seed 0's runs where they always were, seed 1's in ``<preset>-seed1``; the
+    matched-L0 table gives mean ± sd over the seeds, and ``--from-runs`` finds both."""
+    trained = []
+
+    def run_one(arm, sparsity, bench_config, source, acts_ND, heldout, work_dir, forward_memo=None):
+        trained.append((bench_config.seed, sparsity))
+        metrics = dict.fromkeys(bench.METRICS, 0.5) | {"l0": 100 / sparsity, "absorption": 0.1 + 0.01 * bench_config.seed}
+        return bench.RunResult(arm=arm.name, architecture="standard", sparsity_field=arm.sparsity_field,
+                               sparsity=sparsity, seed=bench_config.seed, metrics=metrics,
+                               alarm={"trustworthy": True, "reasons": [], "notes": []}, absorption_letters={},
+                               eval_seconds=0.0, bench_key=bench_config.key(), sae_config={})
+
+    monkeypatch.setattr(bench, "run_one", run_one)
+    args = ["--source", "planted", "--preset", "tiny", "--arms", "standard", "--seeds", "2",
+            "--out", str(tmp_path / "out"), "--work-dir", str(tmp_path / "work")]
+    paths = bench.main(args)
+    assert sorted(trained) == [(seed, s) for seed in (0, 1) for s in bench.L1_STANDARD]
+    assert len(list((tmp_path / "out/runs/planted-tiny").glob("*.json"))) == 3
+    assert len(list((tmp_path / "out/runs/planted-tiny-seed1").glob("*.json"))) == 3
+    table = paths["table"].read_text()
+    assert "| standard | 0.105 ± 0.007 |" in table and "training seeds 0, 1" in table
+    assert "l1_coefficient=3, seed 1" in table
+    assert bench.main([*args, "--from-runs"])["table"].read_text().count("seed 1 |") == 3
+    with pytest.raises(ValueError, match="--seeds 0 is invalid"):
+        bench.main([*args[:-4], "--seeds", "0"])
