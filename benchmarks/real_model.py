@@ -398,13 +398,24 @@ def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int, source:
     if "matryoshka_widths" in names and arm.is_matryoshka():
         kwargs.setdefault("matryoshka_widths", matryoshka_widths(bench.d_sae))
     if arm.architecture == OC:
-        kwargs.setdefault("contrastive_warm_up_steps", bench.contrastive_warm_up_steps)
+        kwargs.setdefault("contrastive_warm_up_steps", warm_up_steps(bench))
         kwargs.setdefault("ortho_anneal_steps", bench.steps)
     return cfg_cls(
         d_in=d_in, d_sae=bench.d_sae, normalize_activations="expected_average_only_in",
         metadata=SAEMetadata(model_name=source.model.cfg.model_name, hook_name=source.hook_name),
         **kwargs,
     )
+
+
+WARM_UP_SHARE = 0.3
+"""Longest share of a run's steps the contrastive warm-up may take (the plugin refuses a
+warm-up longer than the run)."""
+
+
+def warm_up_steps(bench: BenchConfig) -> int:
+    """``bench.contrastive_warm_up_steps``, shortened to 30 % of a shorter run's steps
+    (1,024 steps keep 300: the committed grid's runs)."""
+    return min(bench.contrastive_warm_up_steps, max(1, int(WARM_UP_SHARE * bench.steps)))
 
 
 def _batches(acts_ND: torch.Tensor, batch: int, device: str):

@@ -124,3 +124,19 @@ def test_training_seeds_are_saved_apart_and_tabulated_as_mean_and_sd(tmp_path, m
     assert bench.main([*args, "--from-runs"])["table"].read_text().count("seed 1 |") == 3
     with pytest.raises(ValueError, match="--seeds 0 is invalid"):
         bench.main([*args[:-4], "--seeds", "0"])
+
+
+class PlantedLike:
+    model = type("M", (), {"cfg": type("C", (), {"model_name": "m"})()})()
+    hook_name = "blocks.15.hook_resid_post"
+
+
+def test_the_contrastive_warm_up_fits_every_budget_and_the_grid_keeps_its_300_steps():
+    cpu = bench.PRESETS["cpu"]
+    assert bench.warm_up_steps(cpu) == 300  # 1,024 steps: the committed runs' warm-up
+    for tokens in (262_144, 524_288, 2_097_152):
+        short = replace(cpu, training_tokens=tokens, batch_size=1024)
+        assert bench.warm_up_steps(short) == min(300, int(0.3 * short.steps)) <= short.steps
+        oc = next(arm for arm in bench.ARMS if arm.name == "oc relu: both")
+        cfg = bench.sae_config(oc, 3.0, short, 576, PlantedLike)
+        assert cfg.contrastive_warm_up_steps == bench.warm_up_steps(short)
