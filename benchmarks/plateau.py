@@ -26,10 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import platform
-import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -301,14 +297,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         from orthosae_plugin.smollm2.cache import cache_dir
 
         work_dir = cache_dir() / "real_model_benchmark" / f"plateau-{args.preset}"
-    command = "python -m benchmarks.plateau " + shlex.join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
-    meta: dict[str, Any] = {
-        "command": command.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at "
-                   f"the start), {torch.get_num_threads()} torch thread(s), device {base.device}",
-        "wall_seconds": 0.0,
-    }
+    meta = real_model.invocation_meta("plateau", argv, base.device)
 
     def make_source(bench: BenchConfig) -> Any:
         source = real_model.SOURCES[args.source](bench)

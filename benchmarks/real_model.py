@@ -983,6 +983,17 @@ def runs_folder(out: Path, bench: BenchConfig, args: argparse.Namespace) -> Path
     return out / "runs" / (name if bench.seed == 0 else f"{name}-seed{bench.seed}")
 
 
+def invocation_meta(benchmark: str, argv: Sequence[str] | None, device: str) -> dict[str, Any]:
+    """The command as typed, the machine with its load at the start, and a wall time to fill."""
+    command = f"python -m benchmarks.{benchmark} " + shlex.join(argv if argv is not None else sys.argv[1:])
+    return {
+        "command": command.strip(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the "
+                   f"start: other jobs share it), {torch.get_num_threads()} torch thread(s), device {device}",
+        "wall_seconds": 0.0,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     args = parse_args(argv)
     if args.threads:
@@ -999,14 +1010,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         from orthosae_plugin.smollm2.cache import cache_dir
 
         work_dir = cache_dir() / "real_model_benchmark" / runs_dir.name
-    command = "python -m benchmarks.real_model " + shlex.join(argv if argv is not None else sys.argv[1:])
     start = time.perf_counter()
     meta: dict[str, Any] = {
-        "command": command.strip(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores (load average {os.getloadavg()[0]:.1f} at the "
-                   f"start: other jobs share it), {torch.get_num_threads()} torch thread(s), device {bench.device}",
+        **invocation_meta("real_model", argv, bench.device),
         "torch": torch.__version__, "source": SOURCES[args.source].__doc__.split("\n\n")[0].replace("\n", " "),
-        "real": args.source == "smollm2", "quick": args.quick, "wall_seconds": 0.0,
+        "real": args.source == "smollm2", "quick": args.quick,
     }
 
     def write(results: list[RunResult]) -> dict[str, Path]:
