@@ -222,6 +222,7 @@ def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, out: P
             "eval's own spread (`benchmarks/results/eval_noise/`) are not resolved.",
             "Budgets above the cache replay the same activations; the passes column says how often.",
             "A flagged run's absorption is plotted (red ring) but is not to be quoted.",
+            *meta.get("notes", []),
         ],
         files=[("runs/<tokens>/*.json", "one run each, as `benchmarks.real_model` saves them"),
                ("results.json", "the curves and each arm's plateau"),
@@ -277,6 +278,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--work-dir", type=Path, default=None)
     parser.add_argument("--from-runs", action="store_true", help="tabulate the saved runs; train nothing")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a fact about the runs for the results page (kept by later invocations)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -306,11 +309,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         return source
 
     previous = args.out / "results.json"
-    if previous.exists():  # what the runs were trained on, when this invocation trains none
-        meta["source"] = json.loads(previous.read_text())["meta"].get("source", "")
+    if previous.exists():  # what the runs were trained on, when this invocation trains none; notes stand
+        saved_meta = json.loads(previous.read_text())["meta"]
+        meta["source"] = saved_meta.get("source", "")
+        meta["notes"] = saved_meta.get("notes", [])
+    notes = [*meta.get("notes", []), *args.note]
+    meta["notes"] = notes
     if args.from_runs:
         if previous.exists():
-            meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"]}
+            meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"], "notes": notes}
         results = load_results(args.out, base, arms, settings, budgets)
         if not results:
             raise SystemExit(f"no runs with these settings under {args.out / 'runs'}")

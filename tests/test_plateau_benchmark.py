@@ -91,7 +91,10 @@ def test_budgets_train_separately_on_one_replayed_stream_then_resume(tmp_path, m
     monkeypatch.setitem(bench.SOURCES, "planted", no_training)
     again = plateau.main(args)
     assert json.loads(again["json"].read_text())["arms"] == saved["arms"]
+    noted = plateau.main([*args, "--from-runs", "--note", "run X was paused"])["readme"].read_text()
+    assert "- run X was paused" in noted
     table = plateau.main([*args, "--from-runs"])["readme"].read_text()
+    assert "- run X was paused" in table  # notes stand
     assert table.split("## Caveats")[0].split("- **Wall time:**")[1].split("\n", 1)[1] == \
         readme.split("## Caveats")[0].split("- **Wall time:**")[1].split("\n", 1)[1]
 
