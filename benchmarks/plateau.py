@@ -133,11 +133,16 @@ def table(arms: dict[str, Any], min_gain: float) -> str:
                 ev += f" ({b['explained_variance'] - previous:+.3f})"
             previous = b["explained_variance"]
             cells = [ev] + [f"{b[m]:.{d}f}" for m, _, d in CURVES[1:]]
-            alarm = "trusted" if b["trusted"] else "flagged: " + "; ".join(b["alarm_reasons"])[:160]
+            alarm = "trusted" if b["trusted"] else "flagged: " + "; ".join(map(short_reason, b["alarm_reasons"]))
             lines.append(f"| {b['tokens']:,} | {b['steps']} | {b['epochs']:.2g} | " + " | ".join(cells)
                          + f" | {alarm} | {b['train_seconds']:.0f} |")
         lines += ["", *why_flagged(arm["budgets"][-1])]
     return "\n".join(lines)
+
+
+def short_reason(reason: str) -> str:
+    """An alarm reason without its list of letters (the per-letter table shows them)."""
+    return reason.split("): ")[0] + ")" if "): " in reason else reason
 
 
 def why_flagged(budget: dict[str, Any]) -> list[str]:
