@@ -23,6 +23,12 @@ def test_the_plateau_is_the_first_budget_whose_doubling_gains_less_than_the_boun
     assert plateau.plateau_budget([(1, 0.50), (2, 0.49)], 0.01) == 1  # a fall is no gain
 
 
+def test_a_flagged_runs_reason_is_shown_without_its_letters():
+    reason = "17 of 24 scored letters are carried by no latent aligned (share < 0.25): bdefk; neither a letter latent"
+    assert plateau.short_reason(reason) == "17 of 24 scored letters are carried by no latent aligned (share < 0.25)"
+    assert plateau.short_reason("too few steps") == "too few steps"
+
+
 def test_committed_real_model_runs_keep_their_fingerprint():
     """Adding ``cache_tokens`` (default None) must not orphan the committed runs."""
     keys = {json.loads(p.read_text())["bench_key"]
