@@ -764,7 +764,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         f"{bench.batch_size}{replay_note(bench)}), lr {bench.lr:g} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
         f"`expected_average_only_in` normalisation, {seeds_note(results)}; "
         f"`ortho_contrastive` at its defaults except `contrastive_warm_up_steps` "
-        f"{bench.contrastive_warm_up_steps}.  ",
+        f"{warm_up_steps(bench)}.  ",
         f"Absorption: SAEBench first letter, "
         f"{'all alphabetic tokens' if bench.words_per_letter is None else f'{bench.words_per_letter} words per letter (seeded)'}"
         f", max k {bench.absorption_max_k}. EV, L0, CE-loss recovered: SAELens's definitions (`HeldoutEval`) on "
