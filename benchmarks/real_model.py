@@ -74,6 +74,7 @@ from benchmarks.sweep import (
     per_setting_summary,
     plot,
     quiet_saelens_progress,
+    select_arms,
 )
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.evals.absorption import (
@@ -916,7 +917,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
                         help="sizes: 'cpu' (default) or 'gpu' (default with --device cuda)")
     parser.add_argument("--device", default=None, help="torch device (default: the preset's)")
-    parser.add_argument("--arms", nargs="+", metavar="NAME", help="only these arms (names as in the table)")
+    parser.add_argument("--arms", nargs="+", metavar="NAME", help="only these arms (names as in the table, or NAME[field=value, ...] "
+                        "for a variant of one, e.g. 'oc relu: both[ortho_threshold_end=0.1]')")
     parser.add_argument("--target-l0", type=float, default=32.0, help="matched L0 (default 32)")
     parser.add_argument("--tokens", type=int, help="training tokens per SAE (overrides the preset)")
     parser.add_argument("--d-sae", type=int, help="latents (overrides the preset)")
@@ -969,11 +971,7 @@ def bench_from_args(args: argparse.Namespace) -> BenchConfig:
 def arms_from_args(args: argparse.Namespace) -> list[Arm]:
     if not args.arms:
         return list(ARMS)
-    known = {arm.name: arm for arm in ARMS}
-    unknown = [name for name in args.arms if name not in known]
-    if unknown:
-        raise ValueError(f"--arms {unknown} is invalid: known arms are {list(known)}")
-    return [known[name] for name in args.arms]
+    return select_arms(args.arms, ARMS)
 
 
 def runs_folder(out: Path, bench: BenchConfig, args: argparse.Namespace) -> Path:

@@ -1,6 +1,6 @@
 """What the sweep benchmarks share (``benchmarks.synthetic_absorption``,
 ``benchmarks.real_model``): an arm (one architecture swept over one sparsity field), the
-published OrtSAE arm, the matched-L0 interpolation and summaries, the sweep plots, and SAELens's progress bars
+published OrtSAE arm, arms picked by name (or a variant of one), the matched-L0 interpolation and summaries, the sweep plots, and SAELens's progress bars
 turned off while a grid draws its own.
 
 Arms are compared at matched L0: for each seed, every metric is linearly interpolated
@@ -14,10 +14,11 @@ import contextlib
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
+from sae_lens.registry import get_sae_training_class
 from sae_lens.synthetic import feature_dictionary
 from sae_lens.training import sae_trainer
 from tqdm.auto import tqdm
@@ -70,6 +71,60 @@ def ortsae_arm(name: str, k_values: tuple[float, ...], coefficient: float) -> Ar
         "sparsity_base": "batchtopk", "ortho_mode": "ortsae", "ortho_coefficient": coefficient,
         "ortho_chunk_size": ORTSAE_CHUNK_SIZE, "ortho_lazy_every": 1, "contrastive_coefficient": 0.0,
     })
+
+
+VARIANT = re.compile(r"^(?P<base>[^\[\]]+)\[(?P<fields>[^\[\]]*)\]$")
+"""``NAME[field=value, ...]``: a known arm with some of its config fields changed."""
+
+
+def _field_value(text: str) -> Any:
+    """``3`` -> 3, ``0.1`` -> 0.1, ``none`` -> None, ``true`` -> True, else the string."""
+    lowered = text.strip().lower()
+    if lowered in ("none", "null"):
+        return None
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text.strip()
+
+
+def select_arms(names: Sequence[str], known: Sequence[Arm]) -> list[Arm]:
+    """The arms named, in order. A name may be a known arm's, or a variant of one for
+    tuning: ``"oc relu: both[ortho_threshold_end=0.1, contrastive_coefficient=1]"`` is the
+    arm ``oc relu: both`` with those config fields changed (named as written, so its runs
+    are saved apart). The sparsity field cannot be changed this way (it is the sweep)."""
+    by_name = {arm.name: arm for arm in known}
+    arms = []
+    for name in names:
+        if name in by_name:
+            arms.append(by_name[name])
+            continue
+        match = VARIANT.match(name)
+        base = by_name.get(match["base"].strip()) if match else None
+        if base is None:
+            raise ValueError(f"--arms {name!r} is invalid: known arms are {list(by_name)}, or "
+                             "NAME[field=value, ...] for a variant of one")
+        config_fields = {f.name for f in fields(get_sae_training_class(base.architecture)[1])}
+        changes = {}
+        for pair in filter(str.strip, match["fields"].split(",")):
+            key, sep, value = pair.partition("=")
+            key = key.strip()
+            if not sep or not key.isidentifier():
+                raise ValueError(f"--arms {name!r} is invalid: {pair.strip()!r} is not field=value")
+            if key not in config_fields:
+                raise ValueError(f"--arms {name!r} is invalid: {key!r} is not a config field of "
+                                 f"{base.architecture!r}; its fields are {sorted(config_fields)}")
+            if key == base.sparsity_field:
+                raise ValueError(f"--arms {name!r} is invalid: {key} is the arm's sparsity sweep "
+                                 f"{base.sparsity_values}, not a fixed setting")
+            changes[key] = _field_value(value)
+        arms.append(Arm(name, base.architecture, base.sparsity_field, base.sparsity_values,
+                        {**base.sae_kwargs, **changes}))
+    return arms
 
 
 # --- matched-L0 summary --------------------------------------------------------------

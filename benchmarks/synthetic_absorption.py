@@ -74,6 +74,7 @@ from benchmarks.sweep import (
     per_setting_summary,
     plot,
     quiet_saelens_progress,
+    select_arms,
 )
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.evals.synthetic import SyntheticAbsorptionConfig, synthetic_absorption
@@ -787,7 +788,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--random-features", action="store_true",
                         help="random instead of orthogonalized feature directions")
     parser.add_argument("--target-l0", type=float, help="matched L0 (default: the true L0)")
-    parser.add_argument("--arms", nargs="+", help="only the arms with these names")
+    parser.add_argument("--arms", nargs="+", help="only the arms with these names (or NAME[field=value, ...] for a "
+                        "variant of one)")
     parser.add_argument("--headline-arm", default="oc: both (k=128)",
                         help="arm checked against the issue's targets")
     parser.add_argument("--out", type=Path, help=f"output folder (default: {DEFAULT_OUT}, "
@@ -820,11 +822,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         if getattr(args, arg) is not None:
             overrides[name] = getattr(args, arg)
     if args.arms:
-        known = {arm.name: arm for arm in overrides["arms"]}
-        unknown = [name for name in args.arms if name not in known]
-        if unknown:
-            raise ValueError(f"--arms {unknown} is invalid: known arms are {list(known)}")
-        overrides["arms"] = [known[name] for name in args.arms]
+        overrides["arms"] = select_arms(args.arms, overrides["arms"])
     return replace(bench, **overrides)
 
 

@@ -1,8 +1,10 @@
 """``benchmarks.real_model``'s machinery at toy size (the planted first-letter model stands
 in for SmolLM2): the arm list, one run end to end, resuming, and the verdict at matched L0."""
 
+import argparse
 import json
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -41,6 +43,33 @@ def test_every_arm_builds_its_config():
             cfg = bench.sae_config(arm, value, bench.PRESETS["cpu"], 576, Source)
             assert getattr(cfg, arm.sparsity_field) == value
             assert cfg.metadata.hook_name == Source.hook_name
+
+
+def test_an_arm_variant_changes_only_the_named_fields_and_is_saved_apart(tmp_path):
+    name = "oc relu: both[ortho_threshold_end=0.1, contrastive_coefficient=1, projection_dim=none]"
+    base = next(a for a in bench.ARMS if a.name == "oc relu: both")
+    (variant,) = bench.arms_from_args(argparse.Namespace(arms=[name]))
+    assert variant.name == name
+    assert (variant.architecture, variant.sparsity_field, variant.sparsity_values) == (
+        base.architecture, base.sparsity_field, base.sparsity_values)
+    assert variant.sae_kwargs == {**base.sae_kwargs, "ortho_threshold_end": 0.1,
+                                  "contrastive_coefficient": 1, "projection_dim": None}
+    assert bench.run_path(tmp_path, variant, 3.0) != bench.run_path(tmp_path, base, 3.0)
+    ortsae = next(a for a in bench.ARMS if a.name == "ortsae batchtopk")
+    (tuned,) = bench.arms_from_args(argparse.Namespace(arms=["ortsae batchtopk[ortho_coefficient=300]"]))
+    assert tuned.sae_kwargs == {**ortsae.sae_kwargs, "ortho_coefficient": 300}
+
+
+@pytest.mark.parametrize(("name", "says"), [
+    ("nope", "known arms are"),
+    ("oc relu: both[l1_coefficient=3]", "sparsity sweep"),
+    ("oc relu: both[ortho_treshold_end=0.1]", "'ortho_treshold_end' is not a config field of 'ortho_contrastive'"),
+    ("standard[ortho_coefficient=1]", "'ortho_coefficient' is not a config field of 'standard'"),
+    ("oc relu: both[0.1]", "'0.1' is not field=value"),
+])
+def test_a_bad_arm_name_is_refused_naming_what_is_wrong(name, says):
+    with pytest.raises(ValueError, match=re.escape(says)):
+        bench.arms_from_args(argparse.Namespace(arms=[name]))
 
 
 def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
