@@ -38,7 +38,7 @@ import torch
 from benchmarks import real_model
 from benchmarks.real_model import QUICK_INDEX, BenchConfig, RunResult
 from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
-from benchmarks.sweep import Arm
+from benchmarks.sweep import Arm, lr_note
 
 DEFAULT_OUT = real_model.DEFAULT_OUT / "plateau"
 DEFAULT_BUDGETS = (262_144, 524_288, 1_048_576, 2_097_152)
@@ -192,14 +192,14 @@ def plot_curves(arms: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
-def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, out: Path, meta: dict[str, Any],
-                  min_gain: float) -> dict[str, Path]:
-    arms = summary(results, base, min_gain)
+def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, arms: Sequence[Arm], out: Path,
+                  meta: dict[str, Any], min_gain: float) -> dict[str, Path]:
+    curves = summary(results, base, min_gain)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json"}
     paths["json"].write_text(json.dumps({"benchmark": asdict(base), "meta": meta, "plateau_ev_gain": min_gain,
-                                         "arms": arms}, indent=1))
-    for path in plot_curves(arms, out):
+                                         "arms": curves}, indent=1))
+    for path in plot_curves(curves, out):
         paths[path.stem] = path
     n_runs = sum(len(r) for r in results.values())
     paths["readme"] = write_results_readme(out, ResultsReadme(
@@ -217,11 +217,11 @@ def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, out: P
             ("Wall time", f"{minutes(meta['wall_seconds'])} for the last invocation; {n_runs} runs, training "
              f"+ evals summed {minutes(sum(r.metrics['train_seconds'] + r.eval_seconds for rs in results.values() for r in rs))}"),
             ("Model and data", meta.get("source", "")),
-            ("Every run", f"d_sae {base.d_sae}, batch {base.batch_size}, lr {base.lr:g}, seed "
+            ("Every run", f"d_sae {base.d_sae}, batch {base.batch_size}, {lr_note(base.lr, arms)}, seed "
              f"{base.seed}, one stream of {base.cache_tokens or 'budget'} cached tokens (replayed above it), "
              f"absorption at {base.words_per_letter or 'all'} words per letter, eval seed 42"),
         ],
-        table=table(arms, min_gain),
+        table=table(curves, min_gain),
         caveats=[
             "One training seed and one eval seed per point: differences in absorption smaller than the "
             "eval's own spread (`benchmarks/results/eval_noise/`) are not resolved.",
@@ -242,10 +242,11 @@ def load_results(out: Path, base: BenchConfig, arms: Sequence[Arm], settings: di
                  budgets: Sequence[int]) -> dict[int, list[RunResult]]:
     results = {}
     for tokens in budgets:
-        key = replace(base, training_tokens=tokens).key()
+        bench = replace(base, training_tokens=tokens)
         runs = []
         for arm in arms:
             path = real_model.run_path(runs_dir(out, tokens), arm, setting_of(arm, settings))
+            key = real_model.arm_bench(arm, bench).key()
             if path.exists() and (run := real_model.load_run(path)).bench_key == key:
                 runs.append(run)
         if runs:
@@ -326,17 +327,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         results = load_results(args.out, base, arms, settings, budgets)
         if not results:
             raise SystemExit(f"no runs with these settings under {args.out / 'runs'}")
-        return write_outputs(results, base, args.out, meta, args.plateau_ev)
+        return write_outputs(results, base, arms, args.out, meta, args.plateau_ev)
 
     def progress() -> None:
         meta["wall_seconds"] = time.perf_counter() - start
         done = load_results(args.out, base, arms, settings, budgets)
-        write_outputs(done, base, args.out, meta, args.plateau_ev)
+        write_outputs(done, base, arms, args.out, meta, args.plateau_ev)
 
     results = run_budgets(base, arms, settings, budgets, args.out, work_dir, make_source,
                           real_model.data_version(args.source), on_run=progress)
     meta["wall_seconds"] = time.perf_counter() - start
-    paths = write_outputs(results, base, args.out, meta, args.plateau_ev)
+    paths = write_outputs(results, base, arms, args.out, meta, args.plateau_ev)
     print(paths["readme"].read_text())
     return paths
 

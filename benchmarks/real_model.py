@@ -73,6 +73,7 @@ from benchmarks.sweep import (
     ortsae_arm,
     per_setting_summary,
     plot,
+    lr_note,
     quiet_saelens_progress,
     select_arms,
 )
@@ -476,6 +477,12 @@ def absorption_config(bench: BenchConfig) -> tuple[AbsorptionEvalConfig, dict[st
     return config, kwargs
 
 
+def arm_bench(arm: Arm, bench: BenchConfig) -> BenchConfig:
+    """What ``arm``'s runs train under: ``bench``, at the arm's own learning rate if it has
+    one (so a run is saved and found under the fingerprint of the lr it trained at)."""
+    return bench if arm.lr is None else replace(bench, lr=arm.lr)
+
+
 def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_ND: torch.Tensor,
             heldout: HeldoutEval, work_dir: Path, forward_memo: dict[Any, Any] | None = None) -> RunResult:
     """Train, convert and score one SAE. ``forward_memo``: shared by the runs of one grid, so
@@ -614,11 +621,11 @@ def run_grid(
         path = run_path(runs_dir, arm, value)
         if path.exists():
             saved = load_run(path)
-            if (saved.bench_key, saved.data_version) == (bench.key(), data):
+            if (saved.bench_key, saved.data_version) == (arm_bench(arm, bench).key(), data):
                 results.append(saved)
                 continue
             log(f"{path.name}: saved with other settings or data ({saved.bench_key}, {saved.data_version!r} != "
-                f"{bench.key()}, {data!r}); retraining")
+                f"{arm_bench(arm, bench).key()}, {data!r}); retraining")
         todo.append((arm, value))
     log(f"{len(results)} run(s) already saved in {runs_dir}, {len(todo)} to train")
     if not todo:
@@ -637,7 +644,7 @@ def run_grid(
     forward_memo = {} if forward_memo is None else forward_memo  # SAEBench's forwards, once for every SAE
     for i, (arm, value) in enumerate(todo, 1):
         start = time.perf_counter()
-        result = run_one(arm, value, bench, source, acts_ND, heldout, work_dir, forward_memo)
+        result = run_one(arm, value, arm_bench(arm, bench), source, acts_ND, heldout, work_dir, forward_memo)
         result.data_version = data
         run_path(runs_dir, arm, value).write_text(json.dumps(asdict(result), indent=1))
         results.append(result)
@@ -762,7 +769,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         "",
         f"Model and data: {meta['source']}.  ",
         f"Every SAE: d_sae {bench.d_sae}, {bench.training_tokens:,} tokens ({bench.steps} steps of "
-        f"{bench.batch_size}{replay_note(bench)}), lr {bench.lr:g} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
+        f"{bench.batch_size}{replay_note(bench)}), {lr_note(bench.lr, arms)} (linear decay over the last {bench.lr_decay_fraction:.0%}), "
         f"`expected_average_only_in` normalisation, {seeds_note(results)}; "
         f"`ortho_contrastive` at its defaults except `contrastive_warm_up_steps` "
         f"{warm_up_steps(bench)}.  ",
@@ -891,7 +898,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
                           f"runs {minutes(runs_cost)}"),
             ("Covers", f"{len(matched)} arms, {len(results)} runs, seed{'s' if len(seeds) > 1 else ''} "
                        f"{', '.join(map(str, seeds))}; {meta['source']}; d_sae {bench.d_sae}, "
-                       f"{bench.training_tokens:,} tokens a run, batch {bench.batch_size}, lr {bench.lr:g}"),
+                       f"{bench.training_tokens:,} tokens a run, batch {bench.batch_size}, {lr_note(bench.lr, arms)}"),
         ],
         table="\n".join(table),
         caveats=caveats,

@@ -42,6 +42,9 @@ class Arm:
     interpolation)."""
     sae_kwargs: dict[str, Any] = field(default_factory=dict)
     """Other config fields of the architecture."""
+    lr: float | None = None
+    """Learning rate of this arm's runs, where it is tuned apart from the benchmark's
+    (None: the benchmark's)."""
 
     @property
     def slug(self) -> str:
@@ -96,7 +99,7 @@ def select_arms(names: Sequence[str], known: Sequence[Arm]) -> list[Arm]:
     """The arms named, in order. A name may be a known arm's, or a variant of one for
     tuning: ``"oc relu: both[ortho_threshold_end=0.1, contrastive_coefficient=1]"`` is the
     arm ``oc relu: both`` with those config fields changed (named as written, so its runs
-    are saved apart). The sparsity field cannot be changed this way (it is the sweep)."""
+    are saved apart); ``lr=...`` among them sets the arm's own learning rate. The sparsity field cannot be changed this way (it is the sweep)."""
     by_name = {arm.name: arm for arm in known}
     arms = []
     for name in names:
@@ -109,12 +112,19 @@ def select_arms(names: Sequence[str], known: Sequence[Arm]) -> list[Arm]:
             raise ValueError(f"--arms {name!r} is invalid: known arms are {list(by_name)}, or "
                              "NAME[field=value, ...] for a variant of one")
         config_fields = {f.name for f in fields(get_sae_training_class(base.architecture)[1])}
-        changes = {}
+        changes, lr = {}, base.lr
         for pair in filter(str.strip, match["fields"].split(",")):
             key, sep, value = pair.partition("=")
             key = key.strip()
             if not sep or not key.isidentifier():
                 raise ValueError(f"--arms {name!r} is invalid: {pair.strip()!r} is not field=value")
+            if key == "lr":
+                lr = _field_value(value)
+                if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not 0 < lr < math.inf:
+                    raise ValueError(f"--arms {name!r} is invalid: lr={value.strip()} must be a finite "
+                                     "learning rate > 0")
+                lr = float(lr)
+                continue
             if key not in config_fields:
                 raise ValueError(f"--arms {name!r} is invalid: {key!r} is not a config field of "
                                  f"{base.architecture!r}; its fields are {sorted(config_fields)}")
@@ -123,8 +133,14 @@ def select_arms(names: Sequence[str], known: Sequence[Arm]) -> list[Arm]:
                                  f"{base.sparsity_values}, not a fixed setting")
             changes[key] = _field_value(value)
         arms.append(Arm(name, base.architecture, base.sparsity_field, base.sparsity_values,
-                        {**base.sae_kwargs, **changes}))
+                        {**base.sae_kwargs, **changes}, lr))
     return arms
+
+
+def lr_note(default_lr: float, arms: Sequence[Arm]) -> str:
+    """``lr 0.001``, naming the arms whose own learning rate differs from it."""
+    own = [f"{arm.name} {arm.lr:g}" for arm in arms if arm.lr is not None and arm.lr != default_lr]
+    return f"lr {default_lr:g}" + (f" ({', '.join(own)})" if own else "")
 
 
 # --- matched-L0 summary --------------------------------------------------------------

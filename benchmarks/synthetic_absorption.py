@@ -72,6 +72,7 @@ from benchmarks.sweep import (
     matryoshka_widths,
     ortsae_arm,
     per_setting_summary,
+    lr_note,
     plot,
     quiet_saelens_progress,
     select_arms,
@@ -343,7 +344,7 @@ def train(
         sae=sae_cfg,
         training_samples=bench.steps * bench.batch_size,
         batch_size=bench.batch_size,
-        lr=bench.lr,
+        lr=bench.lr if arm.lr is None else arm.lr,
         lr_decay_steps=int(bench.lr_decay_fraction * bench.steps),
         dead_feature_window=bench.dead_feature_window,
         checkpoint_path=None,
@@ -582,7 +583,7 @@ def markdown_report(
         f"({bench.hierarchy_roots * bench.hierarchy_branching} pairs), "
         f"{'orthogonalized' if bench.orthogonalize_features else 'random'} directions. "
         f"SAEs: d_sae={bench.num_features}, {bench.training_samples:,} samples, batch "
-        f"{bench.batch_size}, lr {bench.lr:g}; {n_seeds} seed(s); absorption with "
+        f"{bench.batch_size}, {lr_note(bench.lr, bench.arms)}; {n_seeds} seed(s); absorption with "
         f"min_share={bench.min_share:g}. {len(results)} runs, {wall_seconds / 60:.1f} min.",
         "",
         *matched_table(matched, target_l0, n_seeds),

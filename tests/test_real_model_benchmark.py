@@ -103,6 +103,39 @@ def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
     assert "A toy model" not in readme  # the meta does not say real=False
 
 
+def test_an_arm_with_its_own_lr_trains_at_it_and_is_saved_under_that_lr(tmp_path, monkeypatch):
+    (tuned,) = bench.arms_from_args(argparse.Namespace(arms=["standard[lr=0.003]"]))
+    assert (tuned.lr, tuned.sae_kwargs) == (0.003, bench.ARMS[0].sae_kwargs)
+    tuned = replace(tuned, sparsity_values=(2.0,))
+    trained_at = []
+
+    def run_one(arm, sparsity, bench_, *rest):
+        trained_at.append(bench_.lr)
+        return replace(fake(arm.name, sparsity, 3.0, 0.1), bench_key=bench_.key())
+
+    monkeypatch.setattr(bench, "run_one", run_one)
+    (run,) = bench.run_grid(TINY, [tuned], False, tmp_path / "runs", tmp_path / "work", bench.PlantedSource,
+                            log=lambda _: None)
+    assert trained_at == [0.003] != [TINY.lr]
+    # The saved run is the one a benchmark run at lr 0.003 finds: nothing is trained again.
+    plain = replace(bench.ARMS[0], name=tuned.name, sparsity_values=(2.0,))
+
+    def no_training(_):
+        raise AssertionError("a saved run was trained again")
+
+    (again,) = bench.run_grid(replace(TINY, lr=0.003), [plain], False, tmp_path / "runs", tmp_path / "work",
+                              no_training, log=lambda _: None)
+    assert again == run
+    assert "lr 0.001 (standard[lr=0.003] 0.003)" in bench.markdown(
+        [run], replace(TINY, lr=0.001), [tuned], 3.0, {"source": "planted", "command": "c", "machine": "m", "wall_seconds": 1.0})
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "fast", "true"])
+def test_an_arm_lr_must_be_a_positive_finite_number(value):
+    with pytest.raises(ValueError, match=re.escape(f"lr={value} must be a finite learning rate > 0")):
+        bench.arms_from_args(argparse.Namespace(arms=[f"standard[lr={value}]"]))
+
+
 def fake(arm, sparsity, l0, absorption, trusted=True):
     metrics = dict.fromkeys(bench.METRICS, 0.5) | {"l0": l0, "absorption": absorption}
     return bench.RunResult(arm=arm, architecture="x", sparsity_field="k", sparsity=sparsity, seed=0,
