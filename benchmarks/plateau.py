@@ -212,7 +212,8 @@ def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, arms: 
             "recovered on held-out text, dead latents as SAELens's trainer counts them, SAEBench's "
             "first-letter absorption with the package's alarm."),
         provenance=[
-            ("Command", f"`{meta['command']}`"),
+            ("Command", f"`{meta['command']}`" + (f" (re-tabulated with `{meta['retabulated_with']}`)"
+                                                  if meta.get("retabulated_with") else "")),
             ("Machine", meta["machine"]),
             ("Wall time", f"{minutes(meta['wall_seconds'])} for the last invocation; {n_runs} runs, training "
              f"+ evals summed {minutes(sum(r.metrics['train_seconds'] + r.eval_seconds for rs in results.values() for r in rs))}"),

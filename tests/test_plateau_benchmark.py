@@ -101,6 +101,7 @@ def test_budgets_train_separately_on_one_replayed_stream_then_resume(tmp_path, m
     assert "- run X was paused" in noted
     table = plateau.main([*args, "--from-runs"])["readme"].read_text()
     assert "- run X was paused" in table  # notes stand
+    assert "(re-tabulated with `python -m benchmarks.plateau" in table  # the command that trained, and this one
     assert table.split("## Caveats")[0].split("- **Wall time:**")[1].split("\n", 1)[1] == \
         readme.split("## Caveats")[0].split("- **Wall time:**")[1].split("\n", 1)[1]
 
