@@ -65,8 +65,10 @@ def threshold_warning(cfg: OrthoContrastiveTrainingSAEConfig) -> str | None:
     ``1 / sqrt(d_in)`` (the chance level), and no ``d_sae > d_in`` unit rows can all keep
     ``|cos|`` below the Welch bound ``sqrt((d_sae - d_in) / (d_in (d_sae - 1)))``. An end
     threshold under ``CHANCE_MULTIPLE`` x chance, or under the Welch bound, leaves many
-    pairs above it in any dictionary: the term then fights the geometry of the space
-    rather than separating near-duplicate latents.
+    pairs above it in any dictionary: the term then acts on most pairs rather than on
+    near-duplicate latents only. That is a fact worth a warning, not a fault: on the
+    ground-truth benchmark such a threshold absorbed less than the restricted one, and on
+    SmolLM2-135M the two ended alike (docs/method.md).
     """
     if cfg.ortho_coefficient == 0 or cfg.ortho_mode == "ortsae":
         return None
@@ -84,9 +86,11 @@ def threshold_warning(cfg: OrthoContrastiveTrainingSAEConfig) -> str | None:
     )
     return (
         f"ortho_contrastive: ortho_threshold_end={tau:g} is {why}: the orthogonality penalty "
-        f"would push on most decoder pairs instead of near-duplicate latents. Consider "
-        f"ortho_threshold_end={CHANCE_MULTIPLE:g}/sqrt(d_in) = {max(floor, welch):.4f} "
-        f"(the seed's 0.05 at d_in=2304), and ortho_threshold_start >= it."
+        f"acts on most decoder pairs, not only on near-duplicate latents. To restrict it to "
+        f"near-duplicates, set ortho_threshold_end={CHANCE_MULTIPLE:g}/sqrt(d_in) = {max(floor, welch):.4f} "
+        f"(the default's 0.05 at d_in=2304) and ortho_threshold_start >= it. Measured: on a "
+        f"synthetic hierarchy the restricted penalty absorbed more than the default; on "
+        f"SmolLM2-135M the two ended alike."
     )
 
 

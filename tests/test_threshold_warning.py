@@ -21,7 +21,8 @@ def test_the_seed_threshold_is_warned_about_at_smollm2_width_only():
     assert message is not None
     assert "ortho_threshold_end=0.05" in message and "1.20x the chance level" in message
     assert "1/sqrt(576) = 0.0417" in message
-    assert "ortho_threshold_end=2.4/sqrt(d_in) = 0.1000" in message  # what to set instead
+    assert "To restrict it to near-duplicates, set ortho_threshold_end=2.4/sqrt(d_in) = 0.1000" in message
+    assert "the restricted penalty absorbed more than the default" in message  # what was measured
     # Gemma-2-2B (d_in 2304): 0.05 is 2.4x chance, the setting the seed was chosen for.
     assert threshold_warning(cfg(2304)) is None
     assert threshold_warning(cfg(2304, expansion=16)) is None
