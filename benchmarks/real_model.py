@@ -68,12 +68,12 @@ import orthosae_plugin  # noqa: F401  (registers ortho_contrastive)
 from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
 from benchmarks.sweep import (
     Arm,
+    lr_note,
     matched_l0_summary,
     matryoshka_widths,
     ortsae_arm,
     per_setting_summary,
     plot,
-    lr_note,
     quiet_saelens_progress,
     select_arms,
 )

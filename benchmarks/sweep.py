@@ -1,7 +1,8 @@
 """What the sweep benchmarks share (``benchmarks.synthetic_absorption``,
 ``benchmarks.real_model``): an arm (one architecture swept over one sparsity field), the
-published OrtSAE arm, arms picked by name (or a variant of one), the matched-L0 interpolation and summaries, the sweep plots, and SAELens's progress bars
-turned off while a grid draws its own.
+published OrtSAE arm, arms picked by name (or a variant of one), the matched-L0
+interpolation and summaries, the sweep plots, and SAELens's progress bars turned off while
+a grid draws its own.
 
 Arms are compared at matched L0: for each seed, every metric is linearly interpolated
 along the arm's sparsity sweep to the target L0 (first crossing, never extrapolated),
@@ -99,7 +100,8 @@ def select_arms(names: Sequence[str], known: Sequence[Arm]) -> list[Arm]:
     """The arms named, in order. A name may be a known arm's, or a variant of one for
     tuning: ``"oc relu: both[ortho_threshold_end=0.1, contrastive_coefficient=1]"`` is the
     arm ``oc relu: both`` with those config fields changed (named as written, so its runs
-    are saved apart); ``lr=...`` among them sets the arm's own learning rate. The sparsity field cannot be changed this way (it is the sweep)."""
+    are saved apart); ``lr=...`` among them sets the arm's own learning rate. The sparsity
+    field cannot be changed this way (it is the sweep)."""
     by_name = {arm.name: arm for arm in known}
     arms = []
     for name in names:

@@ -68,11 +68,11 @@ from benchmarks.results_readme import ResultsReadme, minutes, write_results_read
 from benchmarks.sweep import (
     Arm,
     Stat,
+    lr_note,
     matched_l0_summary,
     matryoshka_widths,
     ortsae_arm,
     per_setting_summary,
-    lr_note,
     plot,
     quiet_saelens_progress,
     select_arms,
