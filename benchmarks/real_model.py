@@ -623,12 +623,12 @@ def run_grid(
     for arm, value in planned(arms, quick):
         path = run_path(runs_dir, arm, value)
         if path.exists():
-            saved = load_run(path)
-            if (saved.bench_key, saved.data_version) == (arm_bench(arm, bench).key(), data):
+            saved, key = load_run(path), arm_bench(arm, bench).key()
+            if (saved.bench_key, saved.data_version) == (key, data):
                 results.append(saved)
                 continue
             log(f"{path.name}: saved with other settings or data ({saved.bench_key}, {saved.data_version!r} != "
-                f"{arm_bench(arm, bench).key()}, {data!r}); retraining")
+                f"{key}, {data!r}); retraining")
         todo.append((arm, value))
     log(f"{len(results)} run(s) already saved in {runs_dir}, {len(todo)} to train")
     if not todo:
