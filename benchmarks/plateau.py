@@ -246,9 +246,8 @@ def load_results(out: Path, base: BenchConfig, arms: Sequence[Arm], settings: di
         bench = replace(base, training_tokens=tokens)
         runs = []
         for arm in arms:
-            path = real_model.run_path(runs_dir(out, tokens), arm, setting_of(arm, settings))
-            key = real_model.arm_bench(arm, bench).key()
-            if path.exists() and (run := real_model.load_run(path)).bench_key == key:
+            value = setting_of(arm, settings)
+            if run := real_model.saved_run(real_model.run_path(runs_dir(out, tokens), arm, value), arm, value, bench):
                 runs.append(run)
         if runs:
             results[tokens] = runs

@@ -97,21 +97,21 @@ QUICK_INDEX = 1
 chosen to land near the default matched L0."""
 
 
-L1_STANDARD = (3.0, 5.0, 8.0)
-"""``standard``'s l1_coefficient grid. Earlier 600k-token runs (batch 1024; docs/real-model.md): l1 5 -> L0 40."""
-L1_OC = (1.5, 3.0, 5.0)
-"""``ortho_contrastive`` (ReLU+L1 base) grid: the extra terms lower L0 at a given l1
-(the earlier 600k-token runs: l1 2 -> L0 57, l1 5 -> L0 18), so its grid sits lower to bracket the same L0."""
+L1_STANDARD = (0.7, 1.0, 2.0)
+"""``standard``'s l1_coefficient grid, for lr 3e-3 and 1-2M tokens (batch 1024): at 1M
+tokens l1 1 gave L0 58 (docs/real-model-benchmark.md, "Learning rate"). The committed
+204,800-token grid at lr 1e-3 used (3, 5, 8): L0 ~55-20."""
+L1_OC = (0.7, 1.0, 2.0)
+"""``ortho_contrastive`` (ReLU+L1 base) grid: at lr 3e-3 and 1M tokens l1 1 gave L0 64 and l1 3
+gave L0 11, so the grid brackets the same L0 as ``standard``'s. (204,800-token grid at lr
+1e-3: (1.5, 3, 5).)"""
 K_GRID = (20.0, 32.0, 48.0)
 """k of the TopK-family arms (L0 = k in training; BatchTopK saves a JumpReLU whose L0 is close)."""
-ORTSAE_COEFFICIENT = 1000.0
-"""Weight of the OrtSAE arm's penalty. Untuned: the ground-truth benchmark's 10, times
-the ratio of the squared activation norms (here d_in = 576 after SAELens's
-``expected_average_only_in``, there ~4.5), since the reconstruction loss is a sum over
-d_in. The screen at 1M tokens (docs/real-model-benchmark.md) favours 100 (EV 0.818 against
-0.793 at 1000, trusted by the alarm); the comparison names it ``ortsae batchtopk[ortho_coefficient=100]``
-until a saved run's fingerprint holds its arm's settings (a run saved under this arm's name
-at 1000 is in ``results/real_model/tuning/topk``)."""
+ORTSAE_COEFFICIENT = 100.0
+"""Weight of the OrtSAE arm's penalty, from the screen at 1M tokens
+(docs/real-model-benchmark.md): 100 gave EV 0.818 and was trusted by the alarm; 1,000 (the
+ground-truth benchmark's 10 scaled by the squared-norm ratio of the two settings) gave EV
+0.793 and 10,000 gave 0.739, both flagged. A run saved at another weight is retrained."""
 
 
 ARMS: list[Arm] = [
@@ -394,7 +394,9 @@ class RunResult:
     """The activations' provenance (:func:`data_version`); a saved run of another is retrained."""
 
 
-def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int, source: Source) -> Any:
+def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int,
+               metadata: SAEMetadata | None = None) -> Any:
+    """The SAELens training config ``arm`` trains under at ``sparsity``."""
     kwargs: dict[str, Any] = {**arm.sae_kwargs, arm.sparsity_field: sparsity}
     if arm.sparsity_field == "k":
         kwargs["k"] = int(sparsity)
@@ -407,9 +409,47 @@ def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int, source:
         kwargs.setdefault("ortho_anneal_steps", bench.steps)
     return cfg_cls(
         d_in=d_in, d_sae=bench.d_sae, normalize_activations="expected_average_only_in",
-        metadata=SAEMetadata(model_name=source.model.cfg.model_name, hook_name=source.hook_name),
-        **kwargs,
+        metadata=metadata or SAEMetadata(), **kwargs,
     )
+
+
+def settings_changed(saved: RunResult, arm: Arm, sparsity: float, bench: BenchConfig) -> list[str]:
+    """The training settings in which ``arm`` at ``sparsity`` differs from the saved run,
+    as ``"field: saved -> now"``; empty when it would train the same SAE. Compared: every
+    training-only field of the arm's config (what SAELens saves as the run's
+    ``training_architecture_details``), the arm's own fields and the sparsity field, so an
+    arm whose settings (or whose config's defaults) changed in code does not reload runs
+    trained under the old ones. A field the saved run lacks was added to the config after
+    it and is taken to have been at its default; a run that recorded no config (test
+    doubles) is matched by its arm's name alone."""
+    if "d_in" not in saved.sae_config:
+        return []
+    cfg = sae_config(arm, sparsity, bench, saved.sae_config["d_in"])
+    details = saved.sae_config.get("metadata", {}).get("training_architecture_details") or {}
+    was = json.loads(json.dumps({**saved.sae_config, **details}, default=str))
+    names = {*cfg.get_training_architecture_details(), *arm.sae_kwargs, arm.sparsity_field}
+    now = json.loads(json.dumps({name: getattr(cfg, name) for name in names}, default=str))
+    return [f"{name}: {was[name]!r} -> {now[name]!r}" for name in sorted(now)
+            if name in was and was[name] != now[name]]
+
+
+def saved_run(path: Path, arm: Arm, sparsity: float, bench: BenchConfig, data: str | None = None,
+              log: Callable[[str], None] | None = None) -> RunResult | None:
+    """The run saved at ``path`` when it is ``arm`` at ``sparsity`` trained as ``bench``
+    (at the arm's own lr, if it has one) would train it, on ``data`` (None: any); else
+    None, saying why to ``log``."""
+    if not path.exists():
+        return None
+    saved, key = load_run(path), arm_bench(arm, bench).key()
+    if saved.bench_key != key or (data is not None and saved.data_version != data):
+        why = f"other benchmark settings or data ({saved.bench_key}, {saved.data_version!r} != {key}, {data!r})"
+    elif changed := settings_changed(saved, arm, sparsity, arm_bench(arm, bench)):
+        why = f"other arm settings ({'; '.join(changed)})"
+    else:
+        return saved
+    if log is not None:
+        log(f"{path.name}: saved with {why}")
+    return None
 
 
 WARM_UP_SHARE = 0.3
@@ -436,7 +476,8 @@ def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source,
           acts_ND: torch.Tensor) -> tuple[TrainingSAE, float, int]:
     """Train one SAE through SAELens's trainer on ``acts_ND``; returns it, the fraction
     of latents SAELens counts dead at the end, and the steps trained."""
-    cfg = sae_config(arm, sparsity, bench, acts_ND.shape[1], source)
+    cfg = sae_config(arm, sparsity, bench, acts_ND.shape[1],
+                     SAEMetadata(model_name=source.model.cfg.model_name, hook_name=source.hook_name))
     sae_cls, _ = get_sae_training_class(arm.architecture)
     torch.manual_seed(bench.seed)
     sae = sae_cls(cfg)
@@ -621,15 +662,12 @@ def run_grid(
     results: list[RunResult] = []
     todo: list[tuple[Arm, float]] = []
     for arm, value in planned(arms, quick):
-        path = run_path(runs_dir, arm, value)
-        if path.exists():
-            saved, key = load_run(path), arm_bench(arm, bench).key()
-            if (saved.bench_key, saved.data_version) == (key, data):
-                results.append(saved)
-                continue
-            log(f"{path.name}: saved with other settings or data ({saved.bench_key}, {saved.data_version!r} != "
-                f"{key}, {data!r}); retraining")
-        todo.append((arm, value))
+        saved = saved_run(run_path(runs_dir, arm, value), arm, value, bench, data,
+                          log=lambda why: log(f"{why}; retraining"))
+        if saved is not None:
+            results.append(saved)
+        else:
+            todo.append((arm, value))
     log(f"{len(results)} run(s) already saved in {runs_dir}, {len(todo)} to train")
     if not todo:
         return results
@@ -1039,8 +1077,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         previous = args.out / "results.json"
         if previous.exists():  # the training invocation's command, machine and wall time stand
             meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"]}
-        results = [r for b in benches for r in (load_run(p) for p in sorted(runs_folder(args.out, b, args).glob("*.json")))
-                   if r.bench_key == b.key() and r.arm in {a.name for a in arms}]
+        by_name = {arm.name: arm for arm in arms}
+        results = [run for b in benches for path in sorted(runs_folder(args.out, b, args).glob("*.json"))
+                   if (arm := by_name.get((saved := load_run(path)).arm))
+                   and (run := saved_run(path, arm, saved.sparsity, b,
+                                         log=lambda why: print(f"{why}; left out", file=sys.stderr)))]
     else:
         results = []
         for b in benches:  # seed by seed; SAEBench's probes (work_dir) are shared

@@ -12,10 +12,11 @@ then averaged over the seeds whose sweep reaches it.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import re
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +51,14 @@ class Arm:
     @property
     def slug(self) -> str:
         return re.sub(r"[^\w.\-]+", "_", self.name).strip("_")
+
+    def settings(self) -> dict[str, Any]:
+        """What the arm trains with: its fields, with ``sae_kwargs`` filled in with the
+        architecture's config defaults (so an arm that names a default equals one that
+        leaves it out), as JSON values."""
+        _, cfg_cls = get_sae_training_class(self.architecture)
+        defaults = {f.name: f.default for f in fields(cfg_cls) if f.default is not MISSING}
+        return json.loads(json.dumps({**asdict(self), "sae_kwargs": {**defaults, **self.sae_kwargs}}, default=str))
 
     def is_matryoshka(self) -> bool:
         """SAELens's Matryoshka, or ``ortho_contrastive`` on its base."""

@@ -739,7 +739,8 @@ def merge_new_arms(
     runs_json: Path, bench: BenchmarkConfig, workers: int = 2, threads: int = 1
 ) -> tuple[BenchmarkConfig, list[RunResult], float]:
     """The saved runs of ``runs_json`` plus new runs of the arms of ``bench`` that it
-    lacks (by name), trained under the saved benchmark config.
+    lacks (by name), trained under the saved benchmark config. An arm of ``bench`` saved
+    under the same name with other settings is refused.
 
     The saved runs are kept as they are (every run seeds its own init, stream and
     evaluation, so a run does not depend on which others share the grid). The wall time
@@ -755,7 +756,17 @@ def merge_new_arms(
             f"--merge-into {runs_json}: its benchmark settings differ from this command's "
             f"in {differing}; merge only runs made under the same settings"
         )
-    saved_names = {arm.name for arm in saved_bench.arms}
+    saved_arms = {arm.name: arm for arm in saved_bench.arms}
+    for arm in bench.arms:
+        was = saved_arms.get(arm.name)
+        if was is not None and was.settings() != arm.settings():
+            now = arm.settings()
+            changed = {k: (v, now[k]) for k, v in was.settings().items() if v != now[k]}
+            raise ValueError(
+                f"--merge-into {runs_json}: arm {arm.name!r} was saved with other settings "
+                f"(saved, now: {changed}); give the changed arm another name, e.g. a variant "
+                f"'{arm.name}[field=value]'")
+    saved_names = set(saved_arms)
     new_arms = [arm for arm in bench.arms if arm.name not in saved_names]
     start = time.perf_counter()
     new_results = (

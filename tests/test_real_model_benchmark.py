@@ -5,9 +5,10 @@ import argparse
 import json
 import math
 import re
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import pytest
+from sae_lens.saes.sae import SAEMetadata
 
 from benchmarks import real_model as bench
 from fixtures.planted import one_torch_thread  # noqa: F401  (pytest fixture)
@@ -27,22 +28,16 @@ def test_the_arms_cover_the_issue():
                 ("ortho_contrastive", base, 0.0, None)} <= archs
     assert len({a.name for a in bench.ARMS}) == len(bench.ARMS)
     assert all(len(a.sparsity_values) >= 2 for a in bench.ARMS)  # matched L0 needs a sweep
-    assert [v for _, v in bench.planned(bench.ARMS[:2], quick=True)] == [5.0, 32.0]
+    assert [v for _, v in bench.planned(bench.ARMS[:2], quick=True)] == [1.0, 32.0]
 
 
 def test_every_arm_builds_its_config():
-    class Source:
-        hook_name = "blocks.0.hook_resid_post"
-
-        class model:  # noqa: N801
-            class cfg:  # noqa: N801
-                model_name = "m"
-
+    metadata = SAEMetadata(model_name="m", hook_name="blocks.0.hook_resid_post")
     for arm in bench.ARMS:
         for value in arm.sparsity_values:
-            cfg = bench.sae_config(arm, value, bench.PRESETS["cpu"], 576, Source)
+            cfg = bench.sae_config(arm, value, bench.PRESETS["cpu"], 576, metadata)
             assert getattr(cfg, arm.sparsity_field) == value
-            assert cfg.metadata.hook_name == Source.hook_name
+            assert cfg.metadata.hook_name == "blocks.0.hook_resid_post"
 
 
 def test_an_arm_variant_changes_only_the_named_fields_and_is_saved_apart(tmp_path):
@@ -93,6 +88,19 @@ def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
 
     again = bench.run_grid(TINY, arms, False, tmp_path / "runs", tmp_path / "work", no_training, log=lambda _: None)
     assert [r.metrics for r in again] == [r.metrics for r in results]
+
+    # The same arm name with other settings (changed in code) does not reload them.
+    changed = [replace(arms[0], sae_kwargs={"l1_warm_up_steps": 7})]
+    said = []
+    with pytest.raises(AssertionError, match="trained again"):
+        bench.run_grid(TINY, changed, False, tmp_path / "runs", tmp_path / "work", no_training, log=said.append)
+    assert "saved with other arm settings (l1_warm_up_steps: 0 -> 7); retraining" in said[0]
+    assert bench.settings_changed(results[0], arms[0], 0.5, TINY) == []
+    assert bench.settings_changed(results[0], arms[0], 2.0, TINY) == ["l1_coefficient: 0.5 -> 2.0"]
+    # A field the run predates (added to the config since) counts as at its default.
+    older = json.loads(json.dumps(asdict(results[0])))
+    del older["sae_config"]["metadata"]["training_architecture_details"]["l1_warm_up_steps"]
+    assert bench.settings_changed(bench.RunResult(**older), changed[0], 0.5, TINY) == []
 
     paths = bench.write_outputs(results, TINY, arms, results[1].metrics["l0"] + 1, tmp_path / "out",
                                 {"command": "c", "machine": "m", "source": "planted", "wall_seconds": 1.0})
@@ -167,7 +175,7 @@ def test_training_seeds_are_saved_apart_and_tabulated_as_mean_and_sd(tmp_path, m
 
     def run_one(arm, sparsity, bench_config, source, acts_ND, heldout, work_dir, forward_memo=None):
         trained.append((bench_config.seed, sparsity))
-        metrics = dict.fromkeys(bench.METRICS, 0.5) | {"l0": 100 / sparsity, "absorption": 0.1 + 0.01 * bench_config.seed}
+        metrics = dict.fromkeys(bench.METRICS, 0.5) | {"l0": 40 / sparsity, "absorption": 0.1 + 0.01 * bench_config.seed}
         return bench.RunResult(arm=arm.name, architecture="standard", sparsity_field=arm.sparsity_field,
                                sparsity=sparsity, seed=bench_config.seed, metrics=metrics,
                                alarm={"trustworthy": True, "reasons": [], "notes": []}, absorption_letters={},
@@ -182,7 +190,7 @@ def test_training_seeds_are_saved_apart_and_tabulated_as_mean_and_sd(tmp_path, m
     assert len(list((tmp_path / "out/runs/planted-tiny-seed1").glob("*.json"))) == 3
     table = paths["table"].read_text()
     assert "| standard | 0.105 ± 0.007 |" in table and "training seeds 0, 1" in table
-    assert "l1_coefficient=3, seed 1" in table
+    assert "l1_coefficient=2, seed 1" in table
     assert bench.main([*args, "--from-runs"])["table"].read_text().count("seed 1 |") == 3
     with pytest.raises(ValueError, match="--seeds 0 is invalid"):
         bench.main([*args[:-4], "--seeds", "0"])
@@ -200,5 +208,5 @@ def test_the_contrastive_warm_up_fits_every_budget_and_the_grid_keeps_its_300_st
         short = replace(cpu, training_tokens=tokens, batch_size=1024)
         assert bench.warm_up_steps(short) == min(300, int(0.3 * short.steps)) <= short.steps
         oc = next(arm for arm in bench.ARMS if arm.name == "oc relu: both")
-        cfg = bench.sae_config(oc, 3.0, short, 576, PlantedLike)
+        cfg = bench.sae_config(oc, 3.0, short, 576)
         assert cfg.contrastive_warm_up_steps == bench.warm_up_steps(short)

@@ -283,6 +283,10 @@ def test_merging_trains_only_the_missing_arms_and_keeps_the_saved_runs(tmp_path)
 
     with pytest.raises(ValueError, match=r"benchmark settings differ from this command's in \['eval_samples'\]"):
         bench.merge_new_arms(paths["runs"], replace(tiny([new_arm]), eval_samples=256), workers=1)
+    changed = tiny(["standard"])
+    changed.arms[0].sae_kwargs = {"l1_warm_up_steps": 7}  # the same name, changed in code
+    with pytest.raises(ValueError, match=r"arm 'standard' was saved with other settings"):
+        bench.merge_new_arms(paths["runs"], changed, workers=1)
 
 
 def test_merging_keeps_the_saved_meta_notes_and_appends_the_invocation():
