@@ -45,6 +45,7 @@ from sae_lens.training.sae_trainer import SAETrainer
 from orthosae_plugin.evals.absorption import load_output, result_path, run_absorption_eval
 from orthosae_plugin.evals.alarm import AlarmThresholds, get_alarm
 from orthosae_plugin.evals.planted import build_planted_model, build_reference_sae
+from orthosae_plugin.saving import write_file_atomically
 
 
 def random_dictionary(d_in: int, d_sae: int, model_name: str, hook_name: str,
@@ -170,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:>12}: absorption {e['mean_absorption']:.3f} {e['verdict']}: "
               f"{e['reasons']}", flush=True)
         evidence_path.parent.mkdir(parents=True, exist_ok=True)
-        evidence_path.write_text(json.dumps(evidence, indent=1, default=str))
+        write_file_atomically(evidence_path, json.dumps(evidence, indent=1, default=str))
     return 0
 
 
@@ -273,7 +274,7 @@ def geometry_evidence(out: Path, names: list[str], only: list[str] | None,
                   f"{e.get('planted_share_of_scored_words', float('nan')):.3f}), "
                   f"{e['verdict']}: {e['reasons']} ({e['eval_seconds']} s)", flush=True)
             evidence_path.parent.mkdir(parents=True, exist_ok=True)
-            evidence_path.write_text(json.dumps(evidence, indent=1, default=str))
+            write_file_atomically(evidence_path, json.dumps(evidence, indent=1, default=str))
     return 0
 
 
@@ -348,7 +349,7 @@ def rescore_geometries(out: Path, names: list[str]) -> int:
             print(f"{name}: absorption {e['mean_absorption']:.3f} (planted "
                   f"{e.get('planted_share_of_scored_words', float('nan')):.3f}), share "
                   f"{e['aligned_share_mean_min']}, {e['verdict']}: {e['reasons']}", flush=True)
-        (out / f"evidence_{geometry}.json").write_text(json.dumps(evidence, indent=1, default=str))
+        write_file_atomically(out / f"evidence_{geometry}.json", json.dumps(evidence, indent=1, default=str))
     return 0
 
 
@@ -531,7 +532,7 @@ def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None,
               f"{e['k1_f1_mean']:.2f}, {e['verdict']}: {e['reasons']} "
               f"({e['eval_seconds']} s)", flush=True)
         evidence_path.parent.mkdir(parents=True, exist_ok=True)
-        evidence_path.write_text(json.dumps(evidence, indent=1, default=str))
+        write_file_atomically(evidence_path, json.dumps(evidence, indent=1, default=str))
     return 0
 
 

@@ -38,6 +38,7 @@ from benchmarks.results_readme import ResultsReadme, minutes, write_results_read
 from orthosae_plugin.evals.absorption import run_absorption_eval_seeds
 from orthosae_plugin.evals.absorption_report import EvalSpread, format_spread
 from orthosae_plugin.evals.planted import build_planted_model, build_reference_sae
+from orthosae_plugin.saving import write_file_atomically
 
 METRICS = ("mean_absorption_fraction_score", "mean_full_absorption_score",
            "mean_num_split_features", "n_letters_scored")
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
                    smollm2_noise(args.out, args.seeds, args.sae, args.tokens,
                                  args.words_per_letter))
         meta["wall_seconds"] = round(time.perf_counter() - start, 1)
-        (args.out / f"{section}.json").write_text(
+        write_file_atomically(args.out / f"{section}.json", 
             json.dumps({"meta": meta, "results": results}, indent=1))
     write_readme(args.out)
     return 0

@@ -46,6 +46,7 @@ from transformer_lens import HookedTransformer
 
 from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
 from orthosae_plugin.evals.saebench_fixes import seed_everything, select_words
+from orthosae_plugin.saving import write_file_atomically
 
 NEAR_BEST_F1 = 0.02
 """Mean-F1 difference read as a tie. An estimate, not measured: at 100 words per letter each
@@ -197,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     result["command"] = shlex.join(["python", "-m", "benchmarks.layer_table",
                                     *(sys.argv[1:] if argv is None else argv)])
     result["machine"] += f", load average {load_at_start:.1f} at the start (2 CPU cores)"
-    (args.out / f"layers_wpl{wpl or 'all'}.json").write_text(json.dumps(result, indent=1))
+    write_file_atomically(args.out / f"layers_wpl{wpl or 'all'}.json", json.dumps(result, indent=1))
     write_readme(args.out)
     print(markdown([result]))
     return 0

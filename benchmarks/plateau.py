@@ -39,6 +39,7 @@ from benchmarks import real_model
 from benchmarks.real_model import QUICK_INDEX, BenchConfig, RunResult
 from benchmarks.results_readme import ResultsReadme, minutes, write_results_readme
 from benchmarks.sweep import Arm, lr_note
+from orthosae_plugin.saving import write_file_atomically
 
 DEFAULT_OUT = real_model.DEFAULT_OUT / "plateau"
 DEFAULT_BUDGETS = (262_144, 524_288, 1_048_576, 2_097_152)
@@ -197,7 +198,7 @@ def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, arms: 
     curves = summary(results, base, min_gain)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json"}
-    paths["json"].write_text(json.dumps({"benchmark": asdict(base), "meta": meta, "plateau_ev_gain": min_gain,
+    write_file_atomically(paths["json"], json.dumps({"benchmark": asdict(base), "meta": meta, "plateau_ev_gain": min_gain,
                                          "arms": curves}, indent=1))
     for path in plot_curves(curves, out):
         paths[path.stem] = path

@@ -85,6 +85,7 @@ from orthosae_plugin.evals.absorption import (
     run_absorption_eval,
     run_absorption_eval_seeds,
 )
+from orthosae_plugin.saving import write_file_atomically
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "real_model"
 OC = "ortho_contrastive"
@@ -687,7 +688,7 @@ def run_grid(
         start = time.perf_counter()
         result = run_one(arm, value, arm_bench(arm, bench), source, acts_ND, heldout, work_dir, forward_memo)
         result.data_version = data
-        run_path(runs_dir, arm, value).write_text(json.dumps(asdict(result), indent=1))
+        write_file_atomically(run_path(runs_dir, arm, value), json.dumps(asdict(result), indent=1))
         results.append(result)
         m = result.metrics
         log(f"[{i}/{len(todo)}] {arm.name} {arm.sparsity_field}={value:g}: L0 {m['l0']:.1f}, EV "
@@ -863,14 +864,14 @@ def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[A
     results = ordered(results, arms)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "table": out_dir / "table.md"}
-    paths["json"].write_text(json.dumps({
+    write_file_atomically(paths["json"], json.dumps({
         "benchmark": asdict(bench), "bench_key": bench.key(), "target_l0": target_l0, "meta": meta,
         "verdict": verdict(results, target_l0, arms),
         "matched_l0": matched_l0_summary(results, target_l0, METRICS),
         "per_setting": {f"{a} {s:g}": v for (a, s), v in per_setting_summary(results, METRICS).items()},
         "runs": [asdict(r) for r in results],
     }, indent=1))
-    paths["table"].write_text(markdown(results, bench, arms, target_l0, meta))
+    write_file_atomically(paths["table"], markdown(results, bench, arms, target_l0, meta))
     plots = (("absorption", "SAEBench mean absorption fraction (lower is better)", "absorption_vs_l0.png"),
              ("explained_variance", "explained variance (held out)", "ev_vs_l0.png"))
     # The legend says which arms' absorption the alarm flagged (their points are not to be quoted).

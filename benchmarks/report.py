@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.results_readme import ResultsReadme, write_results_readme  # noqa: E402
+from orthosae_plugin.saving import write_file_atomically  # noqa: E402
 
 
 def _mb(n_bytes: float | None) -> str:
@@ -387,7 +388,7 @@ def results_readme(results: dict[str, Any]) -> ResultsReadme:
 
 def write_report(results: dict[str, Any], out_dir: Path) -> list[Path]:
     """``results.md`` and ``README.md`` of ``out_dir`` from ``results`` (no plots)."""
-    (out_dir / "results.md").write_text(markdown(results))
+    write_file_atomically(out_dir / "results.md", markdown(results))
     readme = results_readme(results)
     present = sorted(p.name for p in out_dir.iterdir() if p.is_file() and p.name != "README.md")
     readme.files = [(name, FILE_NOTES.get(name, "a plot of `results.md`'s tables" if name.endswith(".png") else "-"))
@@ -406,5 +407,5 @@ if __name__ == "__main__":
     for folder in map(Path, sys.argv[1:]):
         saved = json.loads((folder / "results.json").read_text())
         saved["targets"] = targets(saved)
-        (folder / "results.json").write_text(json.dumps(saved, indent=1, default=str))
+        write_file_atomically(folder / "results.json", json.dumps(saved, indent=1, default=str))
         print(*write_report(saved, folder))

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from orthosae_plugin.saving import write_file_atomically
+
 REPOSITORY = Path(__file__).resolve().parents[1]
 """The checkout: links to ``docs/`` are written relative to the results folder."""
 
@@ -59,7 +61,7 @@ def docs_link(folder: Path, page: str) -> str:
 
 def write_results_readme(folder: Path, readme: ResultsReadme) -> Path:
     path = folder / "README.md"
-    path.write_text(readme.render(folder))
+    write_file_atomically(path, readme.render(folder))
     return path
 
 

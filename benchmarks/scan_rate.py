@@ -33,6 +33,7 @@ from sae_lens.synthetic import SyntheticModel
 
 from benchmarks import synthetic_absorption as sa
 from benchmarks.sweep import Arm, quiet_saelens_progress
+from orthosae_plugin.saving import write_file_atomically
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "speed" / "cpu" / "scan_rate.json"
 
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     if args.source == "smollm2":
         rows, lr = smollm2_rows()
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"command": command.strip(), "lr": lr, "rows": rows}, indent=1))
+        write_file_atomically(out, json.dumps({"command": command.strip(), "lr": lr, "rows": rows}, indent=1))
         return rows
     bench = sa.BenchmarkConfig()
     model = SyntheticModel(bench.model_config())
@@ -120,7 +121,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
                 print(row, flush=True)
                 rows.append(row)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": command.strip(), "lr": bench.lr, "rows": rows}, indent=1))
+    write_file_atomically(out, json.dumps({"command": command.strip(), "lr": bench.lr, "rows": rows}, indent=1))
     return rows
 
 

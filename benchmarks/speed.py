@@ -47,6 +47,7 @@ from benchmarks import (
 )
 from benchmarks.measure import memory_measure_note
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
+from orthosae_plugin.saving import write_file_atomically
 
 SECTIONS = ("step", "contrastive", "ortho", "fidelity", "approximation", "whole_run", "memory")
 RESULTS_ROOT = Path(__file__).parent / "results" / "speed"
@@ -405,7 +406,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results["section_meta"] = {s: section_meta[s] for s in SECTIONS if s in results}
     results["targets"] = targets(results)
 
-    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    write_file_atomically(out_dir / "results.json", json.dumps(results, indent=1, default=str))
     pngs = report.plots(results, out_dir)
     report.write_report(results, out_dir)  # results.md and README.md
     print(f"\nResults in {out_dir}: results.json, results.md, {', '.join(p.name for p in pngs)}")

@@ -80,6 +80,7 @@ from benchmarks.sweep import (
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
 from orthosae_plugin.evals.synthetic import SyntheticAbsorptionConfig, synthetic_absorption
 from orthosae_plugin.orthogonality import decoder_pair_stats
+from orthosae_plugin.saving import write_file_atomically
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "synthetic_absorption"
 
@@ -712,7 +713,7 @@ def write_outputs(
     target_l0 = bench.target_l0 if bench.target_l0 is not None else true_l0
     bench_dict = asdict(bench)
     runs_path = out_dir / "runs.json"
-    runs_path.write_text(json.dumps(
+    write_file_atomically(runs_path, json.dumps(
         {
             "benchmark": bench_dict,
             "true_l0": true_l0,
@@ -726,7 +727,7 @@ def write_outputs(
         default=str,
     ))
     table_path = out_dir / "table.md"
-    table_path.write_text(markdown_report(bench, results, target_l0, headline_arm, wall_seconds))
+    write_file_atomically(table_path, markdown_report(bench, results, target_l0, headline_arm, wall_seconds))
     absorption_png, ev_png = plot(results, target_l0, true_l0, out_dir, PLOTS, METRICS)
     readme = write_results_readme(
         out_dir, results_readme(bench, results, target_l0, true_l0, headline_arm, wall_seconds, meta)

@@ -21,6 +21,9 @@ leaves the previous save untouched.
 - ``path`` a symbolic link to a folder: the save is written through it (into the
   folder it names, whose siblings hold the temporaries); the link is kept.
 
+:func:`write_file_atomically` does the same for one text file (the benchmarks' results and
+their resumable per-run files): a hidden sibling file, flushed, then renamed over ``path``.
+
 Temporaries hold nothing but files of a save: the next save into the same parent folder
 (and a resume from a checkpoint there) deletes every one whose process no longer runs,
 whatever it holds.
@@ -92,6 +95,25 @@ def write_folder_atomically(path: str | Path, write: Callable[[Path], None]) -> 
             shutil.rmtree(previous)
     except BaseException:
         shutil.rmtree(new, ignore_errors=True)
+        raise
+    return path
+
+
+def write_file_atomically(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a hidden sibling file that is flushed to disk and
+    then renamed over it: a reader, or the next run after a process killed mid-write, finds
+    the previous file or the new one, never part of one. Returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    new = temporary_name(path, SAVING, f"{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(new, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(new, path)
+    except BaseException:
+        new.unlink(missing_ok=True)
         raise
     return path
 

@@ -263,3 +263,19 @@ def test_kill_9_at_a_random_moment_of_a_save_then_one_more_save(tmp_path, layout
     assert row["after_kill"].get("user_file_kept", True) and row["after_next_save"].get("user_file_kept", True)
     assert row["temporaries_after_next_save"] == []
     assert row["next_save_error"] is None
+
+
+def test_a_text_file_is_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    path = tmp_path / "results" / "run.json"
+    assert saving.write_file_atomically(path, '{"a": 1}') == path  # the folder is made
+    saving.write_file_atomically(path, '{"a": 2}')
+    assert path.read_text() == '{"a": 2}'
+
+    def boom(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(saving.os, "fsync", boom)  # fails after the new text is written, before the rename
+    with pytest.raises(OSError, match="disk full"):
+        saving.write_file_atomically(path, '{"a": 3, "half": ')
+    assert path.read_text() == '{"a": 2}'  # the previous file, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["run.json"]  # no temporary left
