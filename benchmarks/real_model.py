@@ -74,7 +74,6 @@ from benchmarks.sweep import (
     ortsae_arm,
     per_setting_summary,
     plot,
-    quiet_saelens_progress,
     select_arms,
 )
 from orthosae_plugin import OrthoContrastiveTrainingSAEConfig
@@ -495,8 +494,7 @@ def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source,
         logger=LoggingConfig(log_to_wandb=False),
     )
     trainer = SAETrainer(cfg=trainer_cfg, sae=sae, data_provider=_batches(acts_ND, bench.batch_size, bench.device))
-    with quiet_saelens_progress():
-        sae = trainer.fit()
+    sae = trainer.fit()  # SAELens's own progress bar: a real-model run takes minutes
     dead = (trainer.n_forward_passes_since_fired > bench.dead_feature_window).float().mean().item()
     return sae, dead, trainer.n_training_steps
 
