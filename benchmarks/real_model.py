@@ -916,6 +916,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
         + "; EV, L0 and CE-loss recovered are on held-out text with position 0 and massive-activation tokens "
         f"(norm above {bench.max_norm_ratio:g}x the median) left out.",
     ]
+    caveats += meta.get("notes", [])
     if not meta.get("real", True):
         caveats.insert(0, "A toy model (a dry run of the machinery), not a language model: no result.")
     runs_cost = sum(r.metrics["train_seconds"] + r.eval_seconds for r in results)
@@ -987,6 +988,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work-dir", type=Path, default=None,
                         help="absorption probes and artifacts (default: the package cache folder)")
     parser.add_argument("--from-runs", action="store_true", help="tabulate the saved runs; train nothing")
+    parser.add_argument("--note", action="append", default=[],
+                        help="a fact about the runs for the results page, e.g. runs trained by another "
+                        "invocation and copied in (kept by later invocations)")
     parser.add_argument("--source", choices=("smollm2", "planted"), default="smollm2",
                         help="'planted': the toy planted model (a dry run of the machinery)")
     return parser.parse_args(argv)
@@ -1072,10 +1076,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         meta["source"] = source.description
         return source
 
+    previous = args.out / "results.json"
+    saved_meta = json.loads(previous.read_text())["meta"] if previous.exists() else {}
+    meta["notes"] = [*saved_meta.get("notes", []), *args.note]
     if args.from_runs:
-        previous = args.out / "results.json"
-        if previous.exists():  # the training invocation's command, machine and wall time stand
-            meta = {**json.loads(previous.read_text())["meta"], "retabulated_with": meta["command"]}
+        if saved_meta:  # the training invocation's command, machine and wall time stand
+            meta = {**saved_meta, "retabulated_with": meta["command"], "notes": meta["notes"]}
         by_name = {arm.name: arm for arm in arms}
         results = [run for b in benches for path in sorted(runs_folder(args.out, b, args).glob("*.json"))
                    if (arm := by_name.get((saved := load_run(path)).arm))

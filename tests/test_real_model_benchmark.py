@@ -192,6 +192,9 @@ def test_training_seeds_are_saved_apart_and_tabulated_as_mean_and_sd(tmp_path, m
     assert "| standard | 0.105 ± 0.007 |" in table and "training seeds 0, 1" in table
     assert "l1_coefficient=2, seed 1" in table
     assert bench.main([*args, "--from-runs"])["table"].read_text().count("seed 1 |") == 3
+    # A note (e.g. runs copied in from another invocation) is on the page, and kept by later invocations.
+    bench.main([*args, "--from-runs", "--note", "seed 1 was trained elsewhere"])
+    assert "- seed 1 was trained elsewhere" in bench.main([*args, "--from-runs"])["readme"].read_text()
     with pytest.raises(ValueError, match="--seeds 0 is invalid"):
         bench.main([*args[:-4], "--seeds", "0"])
 
