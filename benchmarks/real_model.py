@@ -84,7 +84,7 @@ from orthosae_plugin.evals.absorption import (
     run_absorption_eval,
     run_absorption_eval_seeds,
 )
-from orthosae_plugin.saving import write_file_atomically
+from orthosae_plugin.saving import write_file_atomically, write_folder_atomically
 
 DEFAULT_OUT = Path(__file__).parent / "results" / "real_model"
 OC = "ortho_contrastive"
@@ -392,6 +392,9 @@ class RunResult:
     sae_config: dict[str, Any]
     data_version: str = ""
     """The activations' provenance (:func:`data_version`); a saved run of another is retrained."""
+    sae_path: str = ""
+    """Where the run's inference SAE was saved, in the work dir of the machine that trained it
+    (not committed; ``python -m benchmarks.eval_noise --sae`` re-scores it with more eval seeds)."""
 
 
 def sae_config(arm: Arm, sparsity: float, bench: BenchConfig, d_in: int,
@@ -499,9 +502,13 @@ def train(arm: Arm, sparsity: float, bench: BenchConfig, source: Source,
     return sae, dead, trainer.n_training_steps
 
 
-def inference_sae(sae: TrainingSAE, device: str) -> SAE:
+def inference_sae(sae: TrainingSAE, device: str, keep: Path | None = None) -> SAE:
     """The plugin-free SAE users load (BatchTopK saves a JumpReLU, ortho_contrastive a
-    standard SAE): saved with SAELens's own ``save_inference_model`` and loaded back."""
+    standard SAE): saved with SAELens's own ``save_inference_model`` and loaded back. Saved
+    at ``keep`` (whole or not at all) when given, else in a temporary folder."""
+    if keep is not None:
+        write_folder_atomically(keep, sae.save_inference_model)
+        return SAE.load_from_disk(keep, device=device)
     with tempfile.TemporaryDirectory() as folder:
         sae.save_inference_model(folder)
         return SAE.load_from_disk(folder, device=device)
@@ -533,12 +540,13 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
     start = time.perf_counter()
     training_sae, dead, steps = train(arm, sparsity, bench, source, acts_ND)
     train_seconds = time.perf_counter() - start
-    sae = inference_sae(training_sae, bench.device)
+    name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
+    kept = work_dir / "saes" / f"{name}-seed{bench.seed}-{bench.key()}"
+    sae = inference_sae(training_sae, bench.device, keep=kept)
     del training_sae
     start = time.perf_counter()
     held = heldout(sae)
     config, kwargs = absorption_config(bench)
-    name = f"{arm.slug}__{arm.sparsity_field}_{sparsity:g}"
     spread = None
     try:
         if bench.eval_seeds > 1:  # the forwards differ between seeds: no shared memo
@@ -590,6 +598,7 @@ def run_one(arm: Arm, sparsity: float, bench: BenchConfig, source: Source, acts_
         eval_seconds=time.perf_counter() - start,
         bench_key=bench.key(),
         sae_config=sae.cfg.to_dict(),
+        sae_path=str(kept),
     )
 
 

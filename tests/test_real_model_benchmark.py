@@ -6,8 +6,10 @@ import json
 import math
 import re
 from dataclasses import asdict, replace
+from pathlib import Path
 
 import pytest
+from sae_lens import SAE
 from sae_lens.saes.sae import SAEMetadata
 
 from benchmarks import real_model as bench
@@ -81,6 +83,8 @@ def test_one_run_end_to_end_then_resumed_from_disk(tmp_path):
         assert all({"gt_probe_f1", "k1_probe_f1", "best_latent_cos", "aligned_share"} <= set(v)
                    for v in r.absorption_letters.values())
         assert r.sae_config["architecture"] == "standard"  # the plugin-free inference SAE
+        kept = SAE.load_from_disk(r.sae_path)  # kept in the work dir, for re-scoring with more eval seeds
+        assert Path(r.sae_path).parent == tmp_path / "work" / "saes" and kept.cfg.d_sae == TINY.d_sae
     assert results[0].metrics["l0"] > results[1].metrics["l0"]  # more L1, fewer latents
 
     def no_training(_):
