@@ -170,7 +170,6 @@ def main(argv: list[str] | None = None) -> int:
         e = evidence[name]
         print(f"{name:>12}: absorption {e['mean_absorption']:.3f} {e['verdict']}: "
               f"{e['reasons']}", flush=True)
-        evidence_path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomically(evidence_path, json.dumps(evidence, indent=1, default=str))
     return 0
 
@@ -273,7 +272,6 @@ def geometry_evidence(out: Path, names: list[str], only: list[str] | None,
             print(f"{name}: absorption {e['mean_absorption']:.3f} (planted "
                   f"{e.get('planted_share_of_scored_words', float('nan')):.3f}), "
                   f"{e['verdict']}: {e['reasons']} ({e['eval_seconds']} s)", flush=True)
-            evidence_path.parent.mkdir(parents=True, exist_ok=True)
             write_file_atomically(evidence_path, json.dumps(evidence, indent=1, default=str))
     return 0
 
@@ -531,7 +529,6 @@ def smollm2_evidence(out: Path, sae_paths: list[Path], probes_from: Path | None,
               f"{e['aligned_share_mean_min']}, cos {e['main_latent_cos_mean_min']}, k1 "
               f"{e['k1_f1_mean']:.2f}, {e['verdict']}: {e['reasons']} "
               f"({e['eval_seconds']} s)", flush=True)
-        evidence_path.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomically(evidence_path, json.dumps(evidence, indent=1, default=str))
     return 0
 

@@ -150,8 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                    smollm2_noise(args.out, args.seeds, args.sae, args.tokens,
                                  args.words_per_letter))
         meta["wall_seconds"] = round(time.perf_counter() - start, 1)
-        write_file_atomically(args.out / f"{section}.json", 
-            json.dumps({"meta": meta, "results": results}, indent=1))
+        write_file_atomically(args.out / f"{section}.json",
+                              json.dumps({"meta": meta, "results": results}, indent=1))
     write_readme(args.out)
     return 0
 

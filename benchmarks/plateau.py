@@ -198,8 +198,8 @@ def write_outputs(results: dict[int, list[RunResult]], base: BenchConfig, arms: 
     curves = summary(results, base, min_gain)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": out / "results.json"}
-    write_file_atomically(paths["json"], json.dumps({"benchmark": asdict(base), "meta": meta, "plateau_ev_gain": min_gain,
-                                         "arms": curves}, indent=1))
+    write_file_atomically(paths["json"], json.dumps({"benchmark": asdict(base), "meta": meta,
+                                                     "plateau_ev_gain": min_gain, "arms": curves}, indent=1))
     for path in plot_curves(curves, out):
         paths[path.stem] = path
     n_runs = sum(len(r) for r in results.values())

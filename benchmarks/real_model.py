@@ -436,19 +436,27 @@ def settings_changed(saved: RunResult, arm: Arm, sparsity: float, bench: BenchCo
             if name in was and was[name] != now[name]]
 
 
+def mismatch(saved: RunResult, arm: Arm, sparsity: float, bench: BenchConfig, data: str | None = None) -> str | None:
+    """Why ``saved`` is not the run ``arm`` at ``sparsity`` trained as ``bench`` (at the
+    arm's own lr, if it has one) on ``data`` (None: any) would give; None when it is."""
+    bench = arm_bench(arm, bench)
+    key = bench.key()
+    if saved.bench_key != key or (data is not None and saved.data_version != data):
+        return f"other benchmark settings or data ({saved.bench_key}, {saved.data_version!r} != {key}, {data!r})"
+    if changed := settings_changed(saved, arm, sparsity, bench):
+        return f"other arm settings ({'; '.join(changed)})"
+    return None
+
+
 def saved_run(path: Path, arm: Arm, sparsity: float, bench: BenchConfig, data: str | None = None,
               log: Callable[[str], None] | None = None) -> RunResult | None:
-    """The run saved at ``path`` when it is ``arm`` at ``sparsity`` trained as ``bench``
-    (at the arm's own lr, if it has one) would train it, on ``data`` (None: any); else
+    """The run saved at ``path`` when :func:`mismatch` finds nothing against it; else
     None, saying why to ``log``."""
     if not path.exists():
         return None
-    saved, key = load_run(path), arm_bench(arm, bench).key()
-    if saved.bench_key != key or (data is not None and saved.data_version != data):
-        why = f"other benchmark settings or data ({saved.bench_key}, {saved.data_version!r} != {key}, {data!r})"
-    elif changed := settings_changed(saved, arm, sparsity, arm_bench(arm, bench)):
-        why = f"other arm settings ({'; '.join(changed)})"
-    else:
+    saved = load_run(path)
+    why = mismatch(saved, arm, sparsity, bench, data)
+    if why is None:
         return saved
     if log is not None:
         log(f"{path.name}: saved with {why}")
@@ -1092,10 +1100,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
         if saved_meta:  # the training invocation's command, machine and wall time stand
             meta = {**saved_meta, "retabulated_with": meta["command"], "notes": meta["notes"]}
         by_name = {arm.name: arm for arm in arms}
-        results = [run for b in benches for path in sorted(runs_folder(args.out, b, args).glob("*.json"))
-                   if (arm := by_name.get((saved := load_run(path)).arm))
-                   and (run := saved_run(path, arm, saved.sparsity, b,
-                                         log=lambda why: print(f"{why}; left out", file=sys.stderr)))]
+        results = []
+        for b in benches:
+            for path in sorted(runs_folder(args.out, b, args).glob("*.json")):
+                run = load_run(path)
+                if (arm := by_name.get(run.arm)) is None:
+                    continue
+                if (why := mismatch(run, arm, run.sparsity, b)) is None:
+                    results.append(run)
+                else:
+                    print(f"{path.name}: saved with {why}; left out", file=sys.stderr)
     else:
         results = []
         for b in benches:  # seed by seed; SAEBench's probes (work_dir) are shared

@@ -95,7 +95,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
     command = "python -m benchmarks.scan_rate " + " ".join(argv if argv is not None else sys.argv[1:])
     if args.source == "smollm2":
         rows, lr = smollm2_rows()
-        out.parent.mkdir(parents=True, exist_ok=True)
         write_file_atomically(out, json.dumps({"command": command.strip(), "lr": lr, "rows": rows}, indent=1))
         return rows
     bench = sa.BenchmarkConfig()
@@ -120,7 +119,6 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
                 }
                 print(row, flush=True)
                 rows.append(row)
-    out.parent.mkdir(parents=True, exist_ok=True)
     write_file_atomically(out, json.dumps({"command": command.strip(), "lr": bench.lr, "rows": rows}, indent=1))
     return rows
 

@@ -759,10 +759,11 @@ def merge_new_arms(
         )
     saved_arms = {arm.name: arm for arm in saved_bench.arms}
     for arm in bench.arms:
-        was = saved_arms.get(arm.name)
-        if was is not None and was.settings() != arm.settings():
-            now = arm.settings()
-            changed = {k: (v, now[k]) for k, v in was.settings().items() if v != now[k]}
+        if arm.name not in saved_arms:
+            continue
+        was, now = saved_arms[arm.name].settings(), arm.settings()
+        if was != now:
+            changed = {k: (v, now[k]) for k, v in was.items() if v != now[k]}
             raise ValueError(
                 f"--merge-into {runs_json}: arm {arm.name!r} was saved with other settings "
                 f"(saved, now: {changed}); give the changed arm another name, e.g. a variant "
