@@ -16,7 +16,7 @@ Run::
     OMP_NUM_THREADS=1 python -m benchmarks.eval_noise --planted --seeds 5
     OMP_NUM_THREADS=1 python -m benchmarks.eval_noise --smollm2 --seeds 3 --tokens 204800
 
-Writes ``{out}/{planted,smollm2}.json`` (per SAE: :class:`EvalSpread`, wall time) and
+Writes ``{out}/{planted,smollm2}.json`` (``smollm2-{folder}.json`` for ``--sae``; per SAE: :class:`EvalSpread`, wall time) and
 ``{out}/README.md``.
 """
 
@@ -66,26 +66,43 @@ def planted_noise(out: Path, n_seeds: int, absorbed: list[int],
 
 def smollm2_noise(out: Path, n_seeds: int, sae_path: Path | None, tokens: int,
                   words_per_letter: int) -> dict:
+    """One SmolLM2 SAE's spread: ``sae_path`` (a saved SAE, named by its folder) or, without
+    it, a `standard` SAE trained here on ``tokens`` cached activations of layer 15."""
     from benchmarks.alarm_evidence import train_smollm2
     from orthosae_plugin.smollm2.activations import cached_activations
     from orthosae_plugin.smollm2.model import load_smollm2
 
     start = time.perf_counter()
-    if sae_path is None:
+    trained_here = sae_path is None
+    if trained_here:
         activations = cached_activations("blocks.15.hook_resid_post", n_tokens=tokens)
         sae_path = train_smollm2(out / "work" / "smollm2_train", activations, tokens=tokens)[-1]
     train_seconds = time.perf_counter() - start
+    name = "smollm2_standard" if trained_here else sae_path.name
+    sae = SAE.load_from_disk(sae_path)
     model = load_smollm2()
     start = time.perf_counter()
     spread = run_absorption_eval_seeds(
-        SAE.load_from_disk(sae_path), model, out / "work" / "smollm2", AbsorptionEvalConfig(),
-        n_seeds=n_seeds, sae_name="smollm2_standard", show_progress=False,
-        words_per_letter=words_per_letter)
+        sae, model, out / "work" / ("smollm2" if trained_here else name), AbsorptionEvalConfig(),
+        n_seeds=n_seeds, sae_name=name, show_progress=False, words_per_letter=words_per_letter)
     print(format_spread(spread), flush=True)
-    return {"smollm2_standard": {
-        "spread": asdict(spread), "wall_seconds": round(time.perf_counter() - start, 1),
-        "sae": str(sae_path), "training_tokens": tokens, "train_seconds": round(train_seconds, 1),
-        "words_per_letter": words_per_letter}}
+    row = {"spread": asdict(spread), "wall_seconds": round(time.perf_counter() - start, 1),
+           "sae": str(sae_path), "architecture": sae.cfg.architecture(), "d_sae": sae.cfg.d_sae,
+           "hook_name": sae.cfg.metadata.hook_name, "words_per_letter": words_per_letter}
+    if trained_here:
+        row |= {"training_tokens": tokens, "train_seconds": round(train_seconds, 1)}
+    return {name: row}
+
+
+def describe(name: str, row: dict) -> str:
+    """What a SmolLM2 row's SAE is: trained by this benchmark, or loaded from a folder."""
+    if "training_tokens" in row:
+        return (f"`{name}`: SAELens `standard` (d_sae 2304, l1 5, lr 1e-3, batch 1024) trained "
+                f"here on {row['training_tokens']:,} tokens of layer 15 in {row['train_seconds']:.0f} s "
+                f"(caching its activations included), scored at {row['words_per_letter']} words per letter.")
+    return (f"`{name}`: a saved `{row['architecture']}` SAE (d_sae {row['d_sae']}, "
+            f"`{row['hook_name']}`) loaded from its folder, scored at {row['words_per_letter']} "
+            "words per letter.")
 
 
 def markdown(sections: dict[str, dict]) -> str:
@@ -107,11 +124,8 @@ def markdown(sections: dict[str, dict]) -> str:
                 verdicts += f"; seeds {sorted(spread.failed_seeds)}: nothing to score"
             lines.append(f"| {name} | {', '.join(map(str, spread.seeds))} | {verdicts} | "
                          + " | ".join(cells) + f" | {row['wall_seconds']:.0f} |")
-        lines += ["", *[f"`{name}`: SAELens `standard` (d_sae 2304, l1 5, lr 1e-3, batch 1024) trained "
-                        f"here on {row['training_tokens']:,} tokens of layer 15 in {row['train_seconds']:.0f} s "
-                        "(caching its activations included), "
-                        f"scored at {row['words_per_letter']} words per letter."
-                        for name, row in data["results"].items() if "training_tokens" in row]]
+        lines += ["", *[describe(name, row) for name, row in data["results"].items()
+                        if "words_per_letter" in row]]
         lines.append("")
     return "\n".join(lines)
 
@@ -121,7 +135,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--planted", action="store_true")
     parser.add_argument("--smollm2", action="store_true")
     parser.add_argument("--seeds", type=int, default=3, help="eval seeds (42, 43, ...)")
-    parser.add_argument("--sae", type=Path, default=None, help="a saved SmolLM2 layer-15 SAE")
+    parser.add_argument("--sae", type=Path, default=None,
+                        help="a saved SmolLM2 layer-15 SAE (its own section, named by its folder)")
     parser.add_argument("--tokens", type=int, default=204_800,
                         help="training tokens of the SmolLM2 SAE trained here")
     parser.add_argument("--words-per-letter", type=int, default=100)
@@ -136,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m benchmarks.eval_noise " + " ".join(argv if argv is not None else
                                                              os.sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    for section, enabled in (("planted", args.planted), ("smollm2", args.smollm2)):
+    smollm2_section = "smollm2" if args.sae is None else f"smollm2-{args.sae.name}"
+    for section, enabled in (("planted", args.planted), (smollm2_section, args.smollm2)):
         if not enabled:
             continue
         meta = {"command": command.strip(), "machine": machine()}
@@ -170,8 +186,8 @@ def write_readme(out: Path) -> Path:
         table=markdown(sections),
         caveats=["sd: sample standard deviation over the seeds; with 3-5 seeds it is itself "
                  "uncertain by roughly +-40 %.",
-                 "The SmolLM2 SAE is a short run (200 steps; see its line): the alarm flags it at "
-                 "every seed, so its absorption is not a result to quote. What the row gives is the "
+                 "The `smollm2` section's SAE is a short run (200 steps; see its line): the alarm "
+                 "flags it at every seed, so its absorption is not a result to quote. What the row gives is the "
                  "eval's own spread on a fixed SAE; a better-trained SAE's may differ.",
                  "SAEBench's full vocabulary (47,078 words on SmolLM2, ~4.1M prompt tokens of "
                  "forward passes per eval seed) is not measured on this CPU."],
