@@ -70,6 +70,7 @@ from benchmarks.sweep import (
     Arm,
     lr_note,
     matched_l0_summary,
+    matched_summary,
     matryoshka_widths,
     ortsae_arm,
     per_setting_summary,
@@ -725,9 +726,12 @@ def ordered(results: list[RunResult], arms: Sequence[Arm]) -> list[RunResult]:
     return sorted(results, key=lambda r: (*rank.get((r.arm, r.sparsity), (len(arms), r.sparsity)), r.seed))
 
 
-def verdict(results: list[RunResult], target_l0: float, arms: Sequence[Arm]) -> list[str]:
+def verdict(results: list[RunResult], target_l0: float, arms: Sequence[Arm],
+            target_ev: float | None = None) -> list[str]:
     """Which arm absorbs least, and by how much: at matched L0 when two or more arms
-    reach it, else (quick) per run with L0 unmatched, said plainly."""
+    reach it, else (quick) per run with L0 unmatched, said plainly; with ``target_ev``,
+    also the arms ranked at that explained variance (the same reconstruction, whatever L0
+    each needs for it)."""
     matched = matched_l0_summary(results, target_l0, METRICS)
     reached = {arm: s for arm, s in matched.items() if s["absorption"][2] > 0}
     lines = []
@@ -752,6 +756,8 @@ def verdict(results: list[RunResult], target_l0: float, arms: Sequence[Arm]) -> 
         missing = [a.name for a in arms if a.name in matched and a.name not in reached]
         if missing:
             lines.append(f"- Not reaching L0 {target_l0:g} (no interpolation possible): {', '.join(missing)}.")
+        if target_ev is not None:
+            lines.append(matched_ev_line(results, target_ev))
     else:
         trusted = [r for r in results if r.alarm["trustworthy"]]
         pool = trusted or results
@@ -769,6 +775,17 @@ def verdict(results: list[RunResult], target_l0: float, arms: Sequence[Arm]) -> 
         lines.append(f"- The absorption alarm flagged {len(flagged)} of {len(results)} runs (reasons in "
                      "`results.json`); their absorption numbers are shown but not to be quoted.")
     return lines
+
+
+def matched_ev_line(results: list[RunResult], target_ev: float) -> str:
+    """The arms ranked by absorption at explained variance ``target_ev``, each with the L0 it takes."""
+    at_ev = matched_summary(results, "explained_variance", target_ev, METRICS)
+    reached = sorted((a for a, s in at_ev.items() if s["absorption"][2] > 0), key=lambda a: at_ev[a]["absorption"][0])
+    ranked = ", ".join(f"`{a}` {_stat_cell(at_ev[a]['absorption'], 3)} (L0 {at_ev[a]['l0'][0]:.0f})" for a in reached)
+    missing = [a for a in at_ev if a not in reached]
+    return (f"- At matched explained variance {target_ev:g} instead (the same reconstruction, at whatever L0 "
+            f"each arm needs for it), lowest absorption first: {ranked or 'no arm reaches it'}"
+            + (f"; not reaching it: {', '.join(missing)}." if missing else "."))
 
 
 def _rel(value: float, ref: float) -> str:
@@ -817,7 +834,7 @@ def eval_noise_line(results: list[RunResult], bench: BenchConfig) -> list[str]:
 
 
 def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
-             meta: dict[str, Any]) -> str:
+             meta: dict[str, Any], target_ev: float | None = None) -> str:
     matched = matched_l0_summary(results, target_l0, METRICS)
     header = " | ".join(title for _, title, _ in COLUMNS)
     lines = [
@@ -844,7 +861,7 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
         "",
         "## Verdict",
         "",
-        *verdict(results, target_l0, arms),
+        *verdict(results, target_l0, arms, target_ev),
         "",
         f"## At matched L0 = {target_l0:g}",
         "",
@@ -861,6 +878,12 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
     else:
         lines.append("No arm's sweep reaches this L0 (with `--quick`, one setting per arm, none can): "
                      "compare the runs below only with their L0 in view.")
+    if target_ev is not None:
+        lines += ["", f"## At matched explained variance = {target_ev:g}", "",
+                  "Interpolated along each arm's sweep as above, with EV in L0's place; n/a: the sweep does "
+                  "not reach this EV.", "", f"| arm | {header} |", "|" + "---|" * (len(COLUMNS) + 1)]
+        for arm, stats in matched_summary(results, "explained_variance", target_ev, METRICS).items():
+            lines.append(f"| {arm} | " + " | ".join(_stat_cell(stats[m], d) for m, _, d in COLUMNS) + " |")
     lines += ["", "## Every run", "", f"| arm | setting | {header} | alarm |",
               "|" + "---|" * (len(COLUMNS) + 3)]
     for r in results:
@@ -875,18 +898,21 @@ def markdown(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], 
 
 
 def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
-                  out_dir: Path, meta: dict[str, Any]) -> dict[str, Path]:
+                  out_dir: Path, meta: dict[str, Any], target_ev: float | None = None) -> dict[str, Path]:
     results = ordered(results, arms)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "table": out_dir / "table.md"}
     write_file_atomically(paths["json"], json.dumps({
         "benchmark": asdict(bench), "bench_key": bench.key(), "target_l0": target_l0, "meta": meta,
-        "verdict": verdict(results, target_l0, arms),
+        "verdict": verdict(results, target_l0, arms, target_ev),
         "matched_l0": matched_l0_summary(results, target_l0, METRICS),
+        "target_ev": target_ev,
+        "matched_ev": (None if target_ev is None else
+                       matched_summary(results, "explained_variance", target_ev, METRICS)),
         "per_setting": {f"{a} {s:g}": v for (a, s), v in per_setting_summary(results, METRICS).items()},
         "runs": [asdict(r) for r in results],
     }, indent=1))
-    write_file_atomically(paths["table"], markdown(results, bench, arms, target_l0, meta))
+    write_file_atomically(paths["table"], markdown(results, bench, arms, target_l0, meta, target_ev))
     plots = (("absorption", "SAEBench mean absorption fraction (lower is better)", "absorption_vs_l0.png"),
              ("explained_variance", "explained variance (held out)", "ev_vs_l0.png"))
     # The legend says which arms' absorption the alarm flagged (their points are not to be quoted).
@@ -895,12 +921,12 @@ def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[A
     labelled = [replace(r, arm=f"{r.arm} (alarm: {flagged[r.arm]}/{total[r.arm]} flagged)") if flagged[r.arm] else r
                 for r in results]
     paths["absorption_plot"], paths["ev_plot"] = plot(labelled, target_l0, None, out_dir, plots, METRICS)
-    paths["readme"] = write_results_readme(out_dir, results_readme(results, bench, arms, target_l0, meta))
+    paths["readme"] = write_results_readme(out_dir, results_readme(results, bench, arms, target_l0, meta, target_ev))
     return paths
 
 
 def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[Arm], target_l0: float,
-                   meta: dict[str, Any]) -> ResultsReadme:
+                   meta: dict[str, Any], target_ev: float | None = None) -> ResultsReadme:
     """The folder's README, from what ``results.json`` holds."""
     matched = matched_l0_summary(results, target_l0, METRICS)
     header = " | ".join(title for _, title, _ in COLUMNS)
@@ -917,7 +943,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
     else:
         table = [f"No arm's sweep reaches L0 {target_l0:g} (one setting per arm): the runs are in `table.md`, "
                  "to be compared only with their L0 in view."]
-    table += ["", "The benchmark's verdict:", "", *verdict(results, target_l0, arms)]
+    table += ["", "The benchmark's verdict:", "", *verdict(results, target_l0, arms, target_ev)]
     seeds = sorted({r.seed for r in results})
     caveats = [
         f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ' (no error bars)'} and {bench.training_tokens:,} tokens a run "
@@ -985,6 +1011,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--arms", nargs="+", metavar="NAME", help="only these arms (names as in the table, or NAME[field=value, ...] "
                         "for a variant of one, e.g. 'oc relu: both[ortho_threshold_end=0.1]')")
     parser.add_argument("--target-l0", type=float, default=32.0, help="matched L0 (default 32)")
+    parser.add_argument("--target-ev", type=float, default=None,
+                        help="also rank the arms at this explained variance (e.g. one every arm's sweep "
+                        "reaches), each at the L0 it needs for it")
     parser.add_argument("--tokens", type=int, help="training tokens per SAE (overrides the preset)")
     parser.add_argument("--d-sae", type=int, help="latents (overrides the preset)")
     parser.add_argument("--batch-size", type=int, help="training batch in tokens (overrides the preset)")
@@ -1068,6 +1097,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     arms = arms_from_args(args)
     if args.seeds < 1:
         raise ValueError(f"--seeds {args.seeds} is invalid: the number of training seeds must be at least 1")
+    if args.target_ev is not None and not -math.inf < args.target_ev <= 1:
+        raise ValueError(f"--target-ev {args.target_ev} is invalid: an explained variance is a finite number <= 1")
     benches = [replace(bench, seed=seed) for seed in range(args.seeds)]
     runs_dir = runs_folder(args.out, bench, args)
     if args.work_dir is not None:
@@ -1086,7 +1117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Path]:
     def write(results: list[RunResult]) -> dict[str, Path]:
         if not args.from_runs:
             meta["wall_seconds"] = time.perf_counter() - start
-        return write_outputs(results, bench, arms, args.target_l0, args.out, meta)
+        return write_outputs(results, bench, arms, args.target_l0, args.out, meta, args.target_ev)
 
     def make_source(b: BenchConfig) -> Source:
         source = SOURCES[args.source](b)

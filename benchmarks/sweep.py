@@ -196,6 +196,13 @@ def matched_l0_summary(results: Sequence[Run], target_l0: float, metrics: Sequen
     """``{arm: {metric: (mean, std, n_seeds)}}`` at L0 = ``target_l0``: per seed,
     interpolated along the sparsity sweep (:func:`interpolate_at`); then over the seeds
     whose sweep reaches ``target_l0``. Each run's ``metrics`` holds ``l0`` and ``metrics``."""
+    return matched_summary(results, "l0", target_l0, metrics)
+
+
+def matched_summary(results: Sequence[Run], along: str, target: float,
+                    metrics: Sequence[str]) -> dict[str, dict[str, Stat]]:
+    """:func:`matched_l0_summary` with another metric in L0's place: ``metrics`` where the
+    metric ``along`` (e.g. ``explained_variance``) equals ``target`` on each seed's sweep."""
     summary: dict[str, dict[str, Stat]] = {}
     for arm in dict.fromkeys(r.arm for r in results):
         per_seed: dict[str, list[float]] = {m: [] for m in metrics}
@@ -203,11 +210,9 @@ def matched_l0_summary(results: Sequence[Run], target_l0: float, metrics: Sequen
             runs = sorted(
                 (r for r in results if r.arm == arm and r.seed == seed), key=lambda r: r.sparsity
             )
-            l0s = [r.metrics["l0"] for r in runs]
+            xs = [r.metrics[along] for r in runs]
             for metric in metrics:
-                per_seed[metric].append(
-                    interpolate_at(l0s, [r.metrics[metric] for r in runs], target_l0)
-                )
+                per_seed[metric].append(interpolate_at(xs, [r.metrics[metric] for r in runs], target))
         summary[arm] = {m: mean_std(v) for m, v in per_seed.items()}
     return summary
 

@@ -165,6 +165,32 @@ def test_verdict_names_the_winner_at_matched_l0_even_when_it_is_not_ortho_contra
     assert any("topk" in line and "Not reaching" in line for line in lines)
 
 
+def test_at_matched_explained_variance_the_arms_are_ranked_at_the_l0_each_needs():
+    def run(arm, sparsity, l0, ev, absorption):
+        result = fake(arm, sparsity, l0, absorption)
+        result.metrics["explained_variance"] = ev
+        return result
+
+    runs = [run("standard", 1, 90, 0.86, 0.30), run("standard", 2, 50, 0.82, 0.18),  # EV 0.82: 0.18 at L0 50
+            run("batchtopk", 1, 20, 0.80, 0.10), run("batchtopk", 2, 32, 0.84, 0.30),  # 0.20 at L0 26
+            run("topk", 1, 20, 0.70, 0.05), run("topk", 2, 32, 0.75, 0.07)]  # never reaches EV 0.82
+    line = bench.verdict(runs, 30.0, bench.ARMS, target_ev=0.82)[-1]
+    assert line == ("- At matched explained variance 0.82 instead (the same reconstruction, at whatever L0 each "
+                    "arm needs for it), lowest absorption first: `standard` 0.180 (L0 50), `batchtopk` 0.200 "
+                    "(L0 26); not reaching it: topk.")
+    assert not any("explained variance" in line for line in bench.verdict(runs, 30.0, bench.ARMS))
+    table = bench.markdown(runs, TINY, bench.ARMS, 30.0, {"source": "planted", "command": "c", "machine": "m",
+                                                          "wall_seconds": 1.0}, target_ev=0.82)
+    section = table.split("## At matched explained variance = 0.82")[1].split("## Every run")[0]
+    assert "| batchtopk | 0.200 |" in section and "| 26.0 |" in section and "| topk | n/a |" in section
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "1.5"])
+def test_target_ev_must_be_a_finite_explained_variance(value, tmp_path):
+    with pytest.raises(ValueError, match=re.escape(f"--target-ev {float(value)} is invalid")):
+        bench.main(["--source", "planted", "--preset", "tiny", "--target-ev", value, "--out", str(tmp_path)])
+
+
 def test_quick_verdict_says_l0_is_not_matched():
     runs = [fake("standard", 1, 20, 0.10, trusted=False), fake("oc relu: both", 1, 30, 0.2)]
     lines = bench.verdict(runs, 25.0, bench.ARMS)
