@@ -948,11 +948,12 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
     caveats = [
         f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ' (no error bars)'} and {bench.training_tokens:,} tokens a run "
         f"({bench.steps} steps): short for SAEs of {bench.d_sae} latents.",
-        f"The absorption alarm flagged {flagged} of {len(results)} SAEs (reasons in `results.json`; mostly: in "
-        "most letters no latent is aligned with the letter beyond chance): their absorption is shown but not "
-        "to be quoted"
-        + ("; with most runs flagged, the ranking by absorption is not a result, either way." if 2 * flagged > len(results)
-           else "."),
+        (f"The absorption alarm flagged {flagged} of {len(results)} SAEs (reasons in `results.json`; mostly: in "
+         "most letters no latent is aligned with the letter beyond chance): their absorption is shown but not "
+         "to be quoted"
+         + ("; with most runs flagged, the ranking by absorption is not a result, either way."
+            if 2 * flagged > len(results) else ".")) if flagged else
+        f"The absorption alarm trusts all {len(results)} SAEs.",
         "Absorption is SAEBench's first-letter eval at "
         + ("SAEBench's full vocabulary" if bench.words_per_letter is None else
            f"a seeded subsample of {bench.words_per_letter} words per letter")
@@ -989,7 +990,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
         files=[
             ("results.json", "every run (metrics, alarm verdict and reasons, per-letter absorption, SAE config), "
                              "the matched-L0 and per-setting summaries, the command and machine"),
-            ("table.md", "the verdict, the matched-L0 table and every run"),
+            ("table.md", "the verdict, the matched-L0 table (and the matched-EV one with `--target-ev`) and every run"),
             ("absorption_vs_l0.png", "absorption against L0, one line per arm (flagged runs counted in the legend)"),
             ("ev_vs_l0.png", "held-out explained variance against L0"),
             ("runs/", "one JSON per finished run; a restarted grid skips them"),

@@ -185,6 +185,16 @@ def test_at_matched_explained_variance_the_arms_are_ranked_at_the_l0_each_needs(
     assert "| batchtopk | 0.200 |" in section and "| 26.0 |" in section and "| topk | n/a |" in section
 
 
+def test_the_results_page_says_whether_the_alarm_flagged_any_run():
+    meta = {"source": "planted", "command": "c", "machine": "m", "wall_seconds": 1.0}
+    runs = [fake("standard", 1, 20, 0.10), fake("standard", 2, 40, 0.30)]
+    caveats = bench.results_readme(runs, TINY, bench.ARMS, 30.0, meta).caveats
+    assert "The absorption alarm trusts all 2 SAEs." in caveats
+    runs[0] = fake("standard", 1, 20, 0.10, trusted=False)
+    (alarm,) = [c for c in bench.results_readme(runs, TINY, bench.ARMS, 30.0, meta).caveats if "alarm" in c]
+    assert alarm.startswith("The absorption alarm flagged 1 of 2 SAEs (reasons in `results.json`")
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "1.5"])
 def test_target_ev_must_be_a_finite_explained_variance(value, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"--target-ev {float(value)} is invalid")):
