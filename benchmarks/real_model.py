@@ -822,6 +822,20 @@ def seeds_note(results: list[RunResult]) -> str:
     return f"training seeds {', '.join(map(str, seeds))} (matched-L0 values: mean ± sd over the seeds)"
 
 
+def seeds_per_arm(results: list[RunResult]) -> str:
+    """How many training seeds each arm has, e.g. "3 training seeds for `a`; 1 (no error bars) for `b`"."""
+    seeds: dict[str, set[int]] = {}
+    for r in results:
+        seeds.setdefault(r.arm, set()).add(r.seed)
+    by_count: dict[int, list[str]] = {}
+    for arm, arm_seeds in seeds.items():
+        by_count.setdefault(len(arm_seeds), []).append(arm)
+    parts = [f"{n} training seed{'s' if n > 1 else ' (no error bars)'}"
+             + ("" if len(by_count) == 1 else " for " + ", ".join(f"`{a}`" for a in arms))
+             for n, arms in sorted(by_count.items(), reverse=True)]
+    return "; ".join(parts)
+
+
 def eval_noise_line(results: list[RunResult], bench: BenchConfig) -> list[str]:
     """With ``eval_seeds`` > 1: the absorption eval's own spread, beside the arms' differences."""
     sds = [r.metrics["absorption_eval_sd"] for r in results if "absorption_eval_sd" in r.metrics]
@@ -946,7 +960,7 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
     table += ["", "The benchmark's verdict:", "", *verdict(results, target_l0, arms, target_ev)]
     seeds = sorted({r.seed for r in results})
     caveats = [
-        f"{len(seeds)} training seed{'s' if len(seeds) > 1 else ' (no error bars)'} and {bench.training_tokens:,} tokens a run "
+        f"{seeds_per_arm(results)}; {bench.training_tokens:,} tokens a run "
         f"({bench.steps} steps): short for SAEs of {bench.d_sae} latents.",
         (f"The absorption alarm flagged {flagged} of {len(results)} SAEs (reasons in `results.json`; mostly: in "
          "most letters no latent is aligned with the letter beyond chance): their absorption is shown but not "

@@ -195,6 +195,16 @@ def test_the_results_page_says_whether_the_alarm_flagged_any_run():
     assert alarm.startswith("The absorption alarm flagged 1 of 2 SAEs (reasons in `results.json`")
 
 
+def test_the_results_page_says_how_many_training_seeds_each_arm_has():
+    meta = {"source": "planted", "command": "c", "machine": "m", "wall_seconds": 1.0}
+    runs = [fake("standard", 1, 20, 0.10), fake("batchtopk", 20, 20, 0.10)]
+    runs += [replace(fake("standard", 1, 20, 0.12), seed=seed) for seed in (1, 2)]
+    seeds = bench.results_readme(runs, TINY, bench.ARMS, 30.0, meta).caveats[0]
+    assert seeds.startswith("3 training seeds for `standard`; 1 training seed (no error bars) for `batchtopk`; ")
+    same = bench.results_readme(runs[:1] + runs[2:], TINY, bench.ARMS, 30.0, meta).caveats[0]
+    assert same.startswith("3 training seeds; ")
+
+
 @pytest.mark.parametrize("value", ["nan", "inf", "1.5"])
 def test_target_ev_must_be_a_finite_explained_variance(value, tmp_path):
     with pytest.raises(ValueError, match=re.escape(f"--target-ev {float(value)} is invalid")):
