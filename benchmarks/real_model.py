@@ -935,6 +935,9 @@ def write_outputs(results: list[RunResult], bench: BenchConfig, arms: Sequence[A
     labelled = [replace(r, arm=f"{r.arm} (alarm: {flagged[r.arm]}/{total[r.arm]} flagged)") if flagged[r.arm] else r
                 for r in results]
     paths["absorption_plot"], paths["ev_plot"] = plot(labelled, target_l0, None, out_dir, plots, METRICS)
+    if target_ev is not None:
+        (paths["absorption_ev_plot"],) = plot(labelled, target_ev, None, out_dir, [(*plots[0][:2], "absorption_vs_ev.png")],
+                                              METRICS, along=("explained_variance", "EV", "explained variance (held out)"))
     paths["readme"] = write_results_readme(out_dir, results_readme(results, bench, arms, target_l0, meta, target_ev))
     return paths
 
@@ -1007,6 +1010,8 @@ def results_readme(results: list[RunResult], bench: BenchConfig, arms: Sequence[
             ("table.md", "the verdict, the matched-L0 table (and the matched-EV one with `--target-ev`) and every run"),
             ("absorption_vs_l0.png", "absorption against L0, one line per arm (flagged runs counted in the legend)"),
             ("ev_vs_l0.png", "held-out explained variance against L0"),
+            *([("absorption_vs_ev.png", "absorption against held-out explained variance (with `--target-ev`)")]
+              if target_ev is not None else []),
             ("runs/", "one JSON per finished run; a restarted grid skips them"),
         ],
         docs="real-model-benchmark.md",

@@ -232,13 +232,20 @@ def per_setting_summary(results: Sequence[Run], metrics: Sequence[str]) -> dict[
 # --- plots ---------------------------------------------------------------------------
 
 
+L0_AXIS = ("l0", "L0", "L0 (mean active latents)")
+"""(metric, short name, axis label) of the x axis the sweeps are drawn against by default."""
+
+
 def plot(
     results: Sequence[Run], target_l0: float, true_l0: float | None, out_dir: Path,
     plots: Sequence[tuple[str, str, str]], metrics: Sequence[str],
+    along: tuple[str, str, str] = L0_AXIS,
 ) -> list[Path]:
-    """One PNG per ``(metric, y label, file name)`` of ``plots``, against L0: one line per
-    arm through its sweep (sparsity setting ascending), means over seeds with std error
-    bars on both axes; ``true_l0`` None draws no true-L0 line."""
+    """One PNG per ``(metric, y label, file name)`` of ``plots``, against L0 (or the metric
+    ``along`` names, matched at ``target_l0``): one line per arm through its sweep (sparsity
+    setting ascending), means over seeds with std error bars on both axes; ``true_l0`` None
+    draws no true-L0 line."""
+    x_metric, x_name, x_label = along
     import matplotlib
 
     matplotlib.use("Agg")
@@ -253,15 +260,15 @@ def plot(
         for i, arm in enumerate(arms):
             sweep = [stats for (a, _), stats in sorted(settings.items()) if a == arm]
             ax.errorbar(
-                [st["l0"][0] for st in sweep], [st[metric][0] for st in sweep],
-                xerr=[st["l0"][1] for st in sweep], yerr=[st[metric][1] for st in sweep],
+                [st[x_metric][0] for st in sweep], [st[metric][0] for st in sweep],
+                xerr=[st[x_metric][1] for st in sweep], yerr=[st[metric][1] for st in sweep],
                 color=palette((2 * i) % 20 + (2 * i) // 20), marker="os^vDP*Xhd<>"[i % 12],
                 capsize=2, label=arm, linestyle="--" if arm.startswith("oc") else "-",
             )
-        ax.axvline(target_l0, color="black", linestyle=":", label=f"matched L0 {target_l0:.2f}")
+        ax.axvline(target_l0, color="black", linestyle=":", label=f"matched {x_name} {target_l0:.2f}")
         if true_l0 is not None:
             ax.axvline(true_l0, color="grey", linestyle="-.", label=f"true L0 {true_l0:.2f}")
-        ax.set_xlabel("L0 (mean active latents)")
+        ax.set_xlabel(x_label)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="best")

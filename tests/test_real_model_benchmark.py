@@ -185,6 +185,17 @@ def test_at_matched_explained_variance_the_arms_are_ranked_at_the_l0_each_needs(
     assert "| batchtopk | 0.200 |" in section and "| 26.0 |" in section and "| topk | n/a |" in section
 
 
+def test_with_target_ev_absorption_is_also_plotted_against_explained_variance(tmp_path):
+    meta = {"source": "planted", "command": "c", "machine": "m", "wall_seconds": 1.0}
+    runs = [fake("standard", 1, 90, 0.30), fake("standard", 2, 50, 0.18)]
+    runs[0].metrics["explained_variance"] = 0.86
+    paths = bench.write_outputs(runs, TINY, bench.ARMS, 30.0, tmp_path / "ev", meta, target_ev=0.82)
+    assert paths["absorption_ev_plot"] == tmp_path / "ev/absorption_vs_ev.png" and paths["absorption_ev_plot"].stat().st_size
+    assert "`absorption_vs_ev.png`: absorption against held-out explained variance" in paths["readme"].read_text()
+    plain = bench.write_outputs(runs, TINY, bench.ARMS, 30.0, tmp_path / "l0", meta)
+    assert "absorption_ev_plot" not in plain and "absorption_vs_ev" not in plain["readme"].read_text()
+
+
 def test_the_results_page_says_whether_the_alarm_flagged_any_run():
     meta = {"source": "planted", "command": "c", "machine": "m", "wall_seconds": 1.0}
     runs = [fake("standard", 1, 20, 0.10), fake("standard", 2, 40, 0.30)]
