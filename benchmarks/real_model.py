@@ -823,7 +823,7 @@ def seeds_note(results: list[RunResult]) -> str:
 
 
 def seeds_per_arm(results: list[RunResult]) -> str:
-    """How many training seeds each arm has, e.g. "3 training seeds for `a`; 1 (no error bars) for `b`"."""
+    """How many training seeds each arm has: "3 training seeds for `a`; 1 training seed (no error bars) for `b`"."""
     seeds: dict[str, set[int]] = {}
     for r in results:
         seeds.setdefault(r.arm, set()).add(r.seed)
